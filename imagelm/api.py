@@ -1,0 +1,86 @@
+"""The Python face of imagelm: load a generator, sample tokens, turn tokens into images.
+
+    gen = imagelm.load("runs/gpt")
+    tokens = imagelm.sample(gen, [0, 1, 2], cfg_scale=4.0, seed=0)    # [3, L, n]
+    images = imagelm.decode_tokens(tokens, imagelm.linked_tokenizer(gen.meta))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from imagelm import checkpoint
+from imagelm.models import load_generator
+from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.tokenizers import load_tokenizer
+from imagelm.vocab import TokenLayout
+
+
+def load(path, device: str | torch.device = "cpu", prefer_ema: bool = True) -> torch.nn.Module:
+    """The generator saved at `path` (a checkpoint or run directory), in eval mode.
+
+    Its `forward(tokens [B, L], cond [B]) -> logits [B, L, V]` is teacher-forced.
+    """
+    return load_generator(path, device, prefer_ema)
+
+
+def resolve_classes(classes, class_names: list[str], num_classes: int) -> list[int]:
+    """Class ids from ids or names (e.g. [0, "circle"]); a one-line ValueError for unknown ones."""
+    ids = []
+    for c in classes:
+        if isinstance(c, str) and not c.lstrip("-").isdigit():
+            if c not in class_names:
+                known = ", ".join(class_names) if class_names else "none (the model has only numeric ids)"
+                raise ValueError(f"unknown class {c!r}; known class names: {known}")
+            ids.append(class_names.index(c))
+            continue
+        i = int(c)
+        if not 0 <= i < num_classes:
+            raise ValueError(f"unknown class {i}: the model has classes 0..{num_classes - 1}")
+        ids.append(i)
+    return ids
+
+
+def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
+           cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]
+    -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device)."""
+    if n < 1:
+        raise ValueError(f"the number of images per condition must be >= 1, got {n}")
+    device = next(generator.parameters()).device
+    if not torch.is_tensor(cond):
+        meta = getattr(generator, "meta", {})
+        cond = torch.tensor(resolve_classes(list(cond), meta.get("class_names", []),
+                                            generator.config.num_classes))
+    cond = cond.to(device).repeat_interleave(n)
+    options = SamplingOptions(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
+    rng = torch.Generator(device).manual_seed(seed)
+    return generate(generator, cond, options, rng, progress=progress)
+
+
+def linked_tokenizer(meta: dict, path=None, device: str | torch.device = "cpu", required: bool = True):
+    """The tokenizer a generator's codes came from: `path` if given, else the one its config names.
+
+    Returns None when it cannot be found and not `required`; raises a one-line error otherwise.
+    """
+    link = path or (meta.get("tokenizer") or {}).get("path")
+    if link is None or not Path(link).exists():
+        if not required:
+            return None
+        where = f" ({link} no longer exists)" if link else ""
+        raise checkpoint.CheckpointError(f"no tokenizer linked to this generator{where}; pass --tokenizer DIR "
+                                         f"to decode images, or --tokens-out FILE to save tokens only")
+    return load_tokenizer(link, device)
+
+
+@torch.no_grad()
+def decode_tokens(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
+    """tokens [B, L, n] -> images [B, 3, H, W] in [-1, 1], through the tokenizer's layout."""
+    layout = TokenLayout.for_tokenizer(tokenizer)
+    grid = int(round(tokens.shape[1] ** 0.5))
+    if grid != layout.grid_size:
+        layout = TokenLayout(grid, layout.vocab_size, layout.num_subtokens)
+    device = next(tokenizer.parameters()).device
+    return tokenizer.decode(layout.to_codes(tokens.to(device)))

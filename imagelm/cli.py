@@ -1,0 +1,211 @@
+"""`imagelm <verb>`: parse, call the library, print. No logic of its own.
+
+Bad input (unknown preset, missing or wrong-kind checkpoint, bad counts) ends with one line on
+stderr and exit code 2; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _train_tokenizer(a) -> None:
+    from imagelm.train.tokenizer import TokenizerTrainArgs, train_tokenizer
+    args = TokenizerTrainArgs(out=a.out, data=a.data, preset=a.preset, image_size=a.image_size,
+                              data_length=a.data_length, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                              ema_decay=a.ema_decay, perceptual_weights=a.perceptual_weights,
+                              no_perceptual=a.no_perceptual, disc_start=a.disc_start, precision=a.precision,
+                              device=a.device, seed=a.seed, num_workers=a.num_workers,
+                              preview_every=a.preview_every, ckpt_every=a.ckpt_every, resume=a.resume)
+    ckpt = train_tokenizer(args)
+    print(f"tokenizer checkpoint: {ckpt}")
+
+
+def _reconstruct(a) -> None:
+    import torch
+
+    from imagelm.data import build_dataset
+    from imagelm.data.transforms import save_grid
+    from imagelm.eval.recon import evaluate_tokenizer
+    from imagelm.tokenizers import load_tokenizer
+    tok = load_tokenizer(a.tokenizer, a.device)
+    source = a.images or a.data
+    dataset = build_dataset(source, image_size=tok.config.image_size, split="test" if a.images is None else "train",
+                            seed=a.seed)
+    metrics = evaluate_tokenizer(tok, dataset, a.num, device=a.device)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_show = min(16, len(dataset))
+    x = torch.stack([dataset[i][0] for i in range(n_show)]).to(a.device)
+    recon = tok.decode(tok.encode(x))
+    grid = torch.stack([x, recon], dim=1).flatten(0, 1).float().cpu()  # original, reconstruction, ...
+    save_grid(grid, out / "reconstructions.png", nrow=8)
+    print(f"PSNR {metrics['psnr']:.2f} dB  codebook usage {metrics['usage']:.1%}  "
+          f"perplexity {metrics['perplexity']:.0f}  over {metrics['images']} images")
+    print(f"side by side (original | reconstruction): {out / 'reconstructions.png'}")
+
+
+def _extract_codes(a) -> None:
+    from imagelm.data.codes import extract_codes
+    from imagelm.tokenizers import load_tokenizer
+    tok = load_tokenizer(a.tokenizer, a.device)
+    manifest = extract_codes(tok, a.data, a.out, split=a.split, augment=a.augment, image_size=a.image_size,
+                             length=a.data_length, seed=a.seed, batch_size=a.batch_size, device=a.device)
+    print(f"codes: {manifest.parent}")
+
+
+def _train(a) -> None:
+    from imagelm.train.generator import GeneratorTrainArgs, train_generator
+    args = GeneratorTrainArgs(codes=a.codes, out=a.out, preset=a.preset, steps=a.steps, batch_size=a.batch_size,
+                              lr=a.lr, warmup=a.warmup, lr_schedule=a.lr_schedule, ema_decay=a.ema_decay,
+                              class_dropout=a.class_dropout, dropout=a.dropout, precision=a.precision,
+                              device=a.device, seed=a.seed, preview_every=a.preview_every,
+                              ckpt_every=a.ckpt_every, resume=a.resume)
+    ckpt = train_generator(args)
+    print(f"generator checkpoint: {ckpt}")
+
+
+def _sample(a) -> None:
+    import numpy as np
+
+    import imagelm
+    from imagelm.data.transforms import save_grid
+    if a.n < 1:
+        raise ValueError(f"--n must be >= 1, got {a.n}")
+    gen = imagelm.load(a.ckpt, a.device)
+    classes = a.classes if a.classes else list(range(gen.config.num_classes))
+    tokens = imagelm.sample(gen, classes, n=a.n, cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule,
+                            cfg_interval=a.cfg_interval, temperature=a.temperature, top_k=a.top_k,
+                            top_p=a.top_p, seed=a.seed, progress=True)
+    if a.tokens_out:
+        np.save(a.tokens_out, tokens.cpu().numpy())
+        print(f"tokens {tuple(tokens.shape)}: {a.tokens_out}")
+    tokenizer = imagelm.linked_tokenizer(gen.meta, a.tokenizer, a.device, required=not a.tokens_out)
+    if tokenizer is None:
+        print("no tokenizer linked to this generator: saved tokens only")
+        return
+    images = imagelm.decode_tokens(tokens, tokenizer).float().cpu()
+    save_grid(images, a.out, nrow=a.n)
+    print(f"{len(images)} images ({len(classes)} classes x {a.n}): {a.out}")
+    if a.each:
+        from PIL import Image
+
+        from imagelm.data.transforms import to_uint8
+        folder = Path(a.each)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(to_uint8(images)):
+            Image.fromarray(img).save(folder / f"{i:05d}.png")
+        print(f"one PNG per image: {folder}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagelm", description="Image generation with language models.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def common(sp, seed=True):
+        sp.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+        if seed:
+            sp.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train-tokenizer", help="train an image tokenizer (VQ)")
+    t.add_argument("--data", default="shapes", help="shapes, shapes-simple, digits, a folder, or captions .jsonl")
+    t.add_argument("--preset", default="vq-tiny", help="VQ-16, VQ-8, vq-tiny")
+    t.add_argument("--out", required=True)
+    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--data-length", type=int, default=None, help="items of a procedural data set")
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--ema-decay", type=float, default=0.999)
+    t.add_argument("--perceptual-weights", default=None, help="local VGG16 state dict for the perceptual loss")
+    t.add_argument("--no-perceptual", action="store_true", help="train without the perceptual loss")
+    t.add_argument("--disc-start", type=int, default=None, help="step at which the adversarial loss starts")
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    t.add_argument("--num-workers", type=int, default=2)
+    t.add_argument("--preview-every", type=int, default=200)
+    t.add_argument("--ckpt-every", type=int, default=200)
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    common(t)
+    t.set_defaults(func=_train_tokenizer)
+
+    r = sub.add_parser("reconstruct", help="reconstruct images with a tokenizer; print PSNR and codebook usage")
+    r.add_argument("--tokenizer", required=True)
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--images", default=None, help="a folder of images")
+    g.add_argument("--data", default="shapes", help="a built-in data set (its held-out split)")
+    r.add_argument("--num", type=int, default=1000, help="images to measure")
+    r.add_argument("--out", required=True)
+    common(r)
+    r.set_defaults(func=_reconstruct)
+
+    e = sub.add_parser("extract-codes", help="encode a data set once into token shards")
+    e.add_argument("--tokenizer", required=True)
+    e.add_argument("--data", default="shapes")
+    e.add_argument("--out", required=True)
+    e.add_argument("--split", default="train")
+    e.add_argument("--augment", default="none", choices=["none", "flip", "tencrop"])
+    e.add_argument("--image-size", type=int, default=None)
+    e.add_argument("--data-length", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=256)
+    common(e)
+    e.set_defaults(func=_extract_codes)
+
+    tr = sub.add_parser("train", help="train a generator on extracted codes")
+    tr.add_argument("--codes", required=True)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--preset", default="tiny", help="tiny, GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--warmup", type=int, default=50)
+    tr.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"])
+    tr.add_argument("--ema-decay", type=float, default=0.999)
+    tr.add_argument("--class-dropout", type=float, default=None, help="condition dropout for CFG (default 0.1)")
+    tr.add_argument("--dropout", type=float, default=None, help="token/residual/FFN dropout")
+    tr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    tr.add_argument("--preview-every", type=int, default=500)
+    tr.add_argument("--ckpt-every", type=int, default=500)
+    tr.add_argument("--resume", action="store_true")
+    common(tr)
+    tr.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="sample images from a generator into a PNG grid")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--classes", nargs="*", default=None, help="class ids or names (default: all classes)")
+    s.add_argument("--n", type=int, default=4, help="images per class")
+    s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
+    s.add_argument("--cfg-interval", type=int, default=-1, help="guide only the first N tokens (-1: all)")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one linked)")
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--each", default=None, help="also write one PNG per image into this folder")
+    s.add_argument("--tokens-out", default=None, help="also save the tokens [B, L, n] as .npy")
+    common(s)
+    s.set_defaults(func=_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from imagelm.checkpoint import CheckpointError
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError) as e:
+        print(f"imagelm {args.verb}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"imagelm {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

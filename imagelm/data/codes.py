@@ -1,0 +1,157 @@
+"""Image codes on disk: a data set encoded once by a tokenizer, so generator training never runs it.
+
+Layout of a codes directory:
+    manifest.json        tokenizer (path, kind, config), token layout, class names, shard list
+    tokens_00000.npy     uint16/int32 [N, A, L, n]: A augmented views per image (1, 2 with flip, 10 ten-crop)
+    labels_00000.npy     int64 [N]
+    captions.jsonl       one {"caption": ...} per image, in order
+Shards are memory-mapped when read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from imagelm.data import build_dataset
+from imagelm.data.transforms import ten_crop, to_tensor, to_uint8
+from imagelm.vocab import TokenLayout
+
+AUGMENTATIONS = ("none", "flip", "tencrop")
+MANIFEST = "manifest.json"
+
+
+def augmented_views(images: torch.Tensor, augment: str) -> torch.Tensor:
+    """images [B, 3, H, W] -> views [B, A, 3, H, W]: A=1 (none), 2 (+ mirror), 10 (ten-crop of a 1.1x upscale)."""
+    if augment == "none":
+        return images[:, None]
+    if augment == "flip":
+        return torch.stack([images, images.flip(-1)], dim=1)
+    if augment == "tencrop":
+        size = images.shape[-1]
+        big = round(size * 1.1)
+        views = []
+        for img in to_uint8(images):
+            pil = Image.fromarray(img).resize((big, big), Image.BICUBIC)
+            views.append(torch.stack([to_tensor(c) for c in ten_crop(pil, size)]))
+        return torch.stack(views)
+    raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+
+
+@torch.no_grad()
+def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", augment: str = "none",
+                  image_size: int | None = None, length: int | None = None, seed: int = 0,
+                  batch_size: int = 256, shard_size: int = 50_000, device: str | torch.device = "cpu",
+                  progress: bool = True) -> Path:
+    """Encode data set `data` with `tokenizer` into a codes directory `out`; returns its manifest path."""
+    image_size = image_size or tokenizer.config.image_size
+    dataset = build_dataset(data, image_size=image_size, split=split, seed=seed, length=length)
+    layout = TokenLayout.for_tokenizer(tokenizer)
+    if image_size != tokenizer.config.image_size:
+        grid = image_size // tokenizer.config.downsample
+        layout = TokenLayout(grid, layout.vocab_size, layout.num_subtokens)
+    dtype = np.uint16 if layout.vocab_size <= 65536 else np.int32
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards, buf_tokens, buf_labels, captions = [], [], [], []
+
+    def flush():
+        if not buf_tokens:
+            return
+        name = f"{len(shards):05d}"
+        tokens = np.concatenate(buf_tokens)
+        _atomic_npy(out / f"tokens_{name}.npy", tokens)
+        _atomic_npy(out / f"labels_{name}.npy", np.concatenate(buf_labels))
+        shards.append({"tokens": f"tokens_{name}.npy", "labels": f"labels_{name}.npy", "count": len(tokens)})
+        buf_tokens.clear()
+        buf_labels.clear()
+
+    pending = 0
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=_collate)
+    for images, labels, caps in tqdm(loader, desc="extract-codes", unit="batch", disable=not progress):
+        views = augmented_views(images, augment)                                  # [B, A, 3, H, W]
+        B, A = views.shape[:2]
+        codes = tokenizer.encode(views.flatten(0, 1).to(device)).cpu()            # [B*A, h, w]
+        tokens = layout.to_tokens(codes).view(B, A, layout.seq_len, layout.num_subtokens)
+        buf_tokens.append(tokens.numpy().astype(dtype))
+        buf_labels.append(labels.numpy())
+        captions.extend(caps)
+        pending += B
+        if pending >= shard_size:
+            flush()
+            pending = 0
+    flush()
+    with open(out / "captions.jsonl.tmp", "w") as f:
+        for c in captions:
+            f.write(json.dumps({"caption": c}) + "\n")
+    os.replace(out / "captions.jsonl.tmp", out / "captions.jsonl")
+    meta = getattr(tokenizer, "meta", {})
+    manifest = {
+        "tokenizer": {"path": str(Path(meta["path"]).resolve()) if "path" in meta else None,
+                      "kind": meta.get("kind", "vq"), "preset": meta.get("preset"),
+                      "config": tokenizer.config.to_dict()},
+        "layout": layout.to_dict(),
+        "data": {"name": data, "split": split, "image_size": image_size, "augment": augment, "seed": seed},
+        "class_names": list(getattr(dataset, "class_names", [])),
+        "num_items": sum(s["count"] for s in shards),
+        "views": 1 if augment == "none" else (2 if augment == "flip" else 10),
+        "shards": shards,
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)  # written last: a codes directory with a manifest is complete
+    if hasattr(dataset, "report") and getattr(dataset, "skipped", 0):
+        print(dataset.report())
+    return out / MANIFEST
+
+
+class CodesDataset:
+    """A codes directory read back: tokens uint [N, A, L, n] (memory-mapped), labels [N], captions."""
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{root} is not a codes directory (no {MANIFEST}); "
+                                    f"make one with `imagelm extract-codes`")
+        self.root = root
+        self.manifest = json.loads(path.read_text())
+        self.layout = TokenLayout.from_dict(self.manifest["layout"])
+        self.class_names = self.manifest.get("class_names", [])
+        parts = [np.load(root / s["tokens"], mmap_mode="r") for s in self.manifest["shards"]]
+        self.tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self.labels = np.concatenate([np.load(root / s["labels"]) for s in self.manifest["shards"]])
+        if len(self.tokens) != len(self.labels):
+            raise ValueError(f"{root}: {len(self.tokens)} token rows but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) or int(self.labels.max()) + 1
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator | None = None):
+        """(tokens int64 [B, L, n], labels int64 [B]); one augmented view per item, drawn from generator."""
+        idx = indices.numpy()
+        views = self.tokens.shape[1]
+        pick = (torch.randint(views, (len(idx),), generator=generator).numpy() if views > 1
+                else np.zeros(len(idx), dtype=np.int64))
+        rows = np.stack([self.tokens[i, v] for i, v in zip(idx, pick)])
+        return torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(self.labels[idx].astype(np.int64))
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _collate(items):
+    return (torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items]),
+            [it[2] for it in items])

@@ -1,0 +1,52 @@
+"""From logits to tokens: temperature, top-k, top-p, classifier-free guidance and its schedules."""
+from __future__ import annotations
+
+import torch
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top_k largest and outside the smallest set whose
+    probability reaches top_p; logits [..., V] -> same shape. top_k=0 / top_p=1 disable each."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens before it already reach top_p (the best one always stays).
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row: logits [..., V] -> tokens [...] int64.
+
+    temperature 0 (or top_k 1) is greedy. Randomness comes only from `generator`.
+    """
+    if temperature <= 0 or top_k == 1:
+        return logits.argmax(-1)
+    logits = filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
+    probs = logits.softmax(-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def cfg_scale_at(index: int, total: int, scale: float, schedule: str = "constant") -> float:
+    """Guidance scale for token `index` of `total`: constant, or linear from 1 (first) to scale (last)."""
+    if schedule == "constant":
+        return scale
+    if schedule == "linear":
+        return 1.0 + (scale - 1.0) * index / max(1, total - 1)
+    raise ValueError(f"unknown cfg schedule {schedule!r}; choose one of {', '.join(CFG_SCHEDULES)}")
+
+
+def apply_cfg(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on a doubled batch: logits [2B, ...] (conditional rows first, then
+    unconditional) -> uncond + scale * (cond - uncond), [B, ...]."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + scale * (cond - uncond)

@@ -1,0 +1,194 @@
+"""Pieces shared by every training loop: runtime (device, torchrun/DDP), precision, optimizer,
+learning-rate schedule, EMA, deterministic batches, and exact resume.
+
+Exact resume rests on one rule: everything random in step `s` (batch order, flips, dropout,
+condition dropout, Bernoulli bits) is a pure function of (seed, s, rank). The batch order comes
+from `batch_indices`, and the global torch RNG is re-seeded by `seed_step` at the start of each
+step, so a run resumed at step s replays exactly what an uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: device, and its place in a torchrun job (rank 0 of 1 when alone)."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def print(self, *args, **kwargs) -> None:
+        """print() on rank 0 only."""
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+
+def setup_runtime(device: str | None = None) -> Runtime:
+    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group.
+
+    device: "cpu", "cuda", "cuda:1", or None for CUDA when available, else CPU.
+    Backend: nccl on CUDA, gloo on CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but this machine has no CUDA device")
+        if world_size > 1 and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(dev, rank, world_size, local_rank)
+
+
+def cleanup_runtime(rt: Runtime) -> None:
+    """Leave the process group, if this process joined one."""
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU runs bf16 matrix multiplies natively (AVX-512 BF16 or AMX).
+
+    On AVX2-only machines bf16 is emulated and ~8x slower than fp32, so it must not be the default.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for training/inference on `device`: bf16 or None (= plain fp32).
+
+    precision: "fp32", "bf16", or "auto" (bf16 on CUDA that supports it and on CPUs with native
+    bf16; fp32 elsewhere).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def describe_precision(device: torch.device, dtype: torch.dtype | None, precision: str = "auto") -> str:
+    """One line saying what precision was chosen and why, for the log."""
+    name = "fp32" if dtype is None else "bf16 autocast"
+    if precision != "auto":
+        why = " (as asked)"
+    elif device.type == "cuda":
+        why = ""
+    else:
+        why = " (this CPU has native bf16)" if dtype is not None else " (this CPU has no native bf16)"
+    return f"precision: {name} on {device}{why}"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context for `dtype`, or a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (dim >= 2) only; biases, norms and gains are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=False)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int, schedule: str = "constant",
+          min_lr_ratio: float = 0.1) -> float:
+    """Learning rate at `step`: linear warm-up, then constant or cosine decay to min_lr_ratio*base_lr."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose constant or cosine")
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers are copied)."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a DDP (or compiled) wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def seed_step(seed: int, step: int, rank: int = 0) -> None:
+    """Seed the global torch RNG (CPU and CUDA) from (seed, step, rank): step randomness is replayable."""
+    torch.manual_seed((seed * 1_000_003 + step) * 4099 + rank)
+
+
+def batch_indices(step: int, num_items: int, global_batch: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
+    """Dataset indices of this rank's share of global batch `step`: [global_batch // world_size].
+
+    Epoch e is a permutation seeded by (seed, e); batches walk through the concatenation of epochs,
+    wrapping across epoch boundaries, so the stream depends only on (seed, step) — not on when
+    training was interrupted. Ranks take disjoint strided slices of each global batch.
+    """
+    if num_items <= 0:
+        raise ValueError("the dataset is empty")
+    start = step * global_batch
+    out = []
+    while len(out) < global_batch:
+        epoch, offset = divmod(start + len(out), num_items)
+        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.extend(perm[offset: offset + global_batch - len(out)].tolist())
+    return torch.tensor(out[rank::world_size], dtype=torch.long)
+
+
+def all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """The mean of a scalar tensor over ranks (itself when not distributed)."""
+    if not rt.distributed:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / rt.world_size
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        dist.barrier()

@@ -1,0 +1,220 @@
+"""Tokenizer training: reconstruction + codebook/commitment (+ perceptual, + PatchGAN) losses.
+
+Run with `imagelm train-tokenizer` (or under `torchrun` for DDP). One flat loop, top to bottom:
+set up, build, maybe resume, then step: batch -> forward -> losses -> backward -> clip -> step
+-> EMA -> (discriminator step) -> log / preview / checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from imagelm import checkpoint
+from imagelm.data import build_dataset
+from imagelm.data.batches import InMemoryImages, fits_in_memory, random_hflip, streaming_batches
+from imagelm.data.transforms import save_grid
+from imagelm.tokenizers import build_tokenizer, tokenizer_config
+from imagelm.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_weight,
+                                       generator_adv_loss, hinge_d_loss, reconstruction_loss)
+from imagelm.train import loop
+
+
+@dataclass
+class TokenizerTrainArgs:
+    """Options of `imagelm train-tokenizer`; defaults suit the tiny CPU preset."""
+    out: str
+    data: str = "shapes"
+    preset: str = "vq-tiny"
+    image_size: int | None = None       # default: the preset's
+    data_length: int | None = None      # items of a procedural data set (default: its own)
+    steps: int = 600
+    batch_size: int = 64                # global, over all ranks
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 20
+    lr_schedule: str = "cosine"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    flip: bool = True
+    perceptual_weights: str | None = None
+    no_perceptual: bool = False
+    disc_start: int | None = None       # default: the preset's
+    disc_lr: float | None = None        # default: lr
+    precision: str = "auto"
+    device: str | None = None
+    seed: int = 0
+    num_workers: int = 2
+    log_every: int = 20
+    preview_every: int = 200
+    ckpt_every: int = 200
+    keep: int = 2
+    resume: bool = False
+    progress: bool = True
+
+
+def train_tokenizer(args: TokenizerTrainArgs) -> Path:
+    """Train a tokenizer as `args` says; returns the final checkpoint directory."""
+    rt = loop.setup_runtime(args.device)
+    try:
+        return _train(args, rt)
+    finally:
+        loop.cleanup_runtime(rt)
+
+
+def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
+    out = Path(args.out)
+    overrides = {"image_size": args.image_size} if args.image_size else {}
+    if args.disc_start is not None:
+        overrides["disc_start"] = args.disc_start
+    config = tokenizer_config(args.preset, **overrides)
+    if args.no_perceptual:
+        config = dataclasses.replace(config, perceptual_weight=0.0)
+    if args.batch_size % rt.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {rt.world_size} ranks")
+    if config.perceptual_weight > 0 and not args.perceptual_weights:
+        raise ValueError(f"preset {args.preset} uses a perceptual loss: pass --perceptual-weights VGG16_FILE "
+                         f"(a local vgg16 state dict), or --no-perceptual to train without it")
+
+    dataset = build_dataset(args.data, image_size=config.image_size, split="train", seed=args.seed,
+                            length=args.data_length)
+    preview_set = build_dataset(args.data, image_size=config.image_size, split="test", seed=args.seed)
+    dtype = loop.choose_autocast_dtype(rt.device, args.precision)
+    rt.print(loop.describe_precision(rt.device, dtype, args.precision))
+
+    torch.manual_seed(args.seed)
+    model = build_tokenizer(config).to(rt.device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = loop.build_optimizer(model, args.lr, args.weight_decay)
+    perceptual = PerceptualLoss(args.perceptual_weights).to(rt.device) if config.perceptual_weight > 0 else None
+    use_disc = config.disc_weight > 0
+    disc = PatchDiscriminator().to(rt.device) if use_disc else None
+    disc_opt = loop.build_optimizer(disc, args.disc_lr or args.lr, args.weight_decay) if use_disc else None
+
+    start_step = 0
+    if args.resume and checkpoint.list_checkpoints(out):
+        start_step = _resume(out, config, model, ema, opt, disc, disc_opt)
+        rt.print(f"resumed from {checkpoint.resolve(out)} at step {start_step}")
+    elif args.resume:
+        rt.print(f"--resume: no checkpoint in {out} yet, starting fresh")
+
+    ddp_model = DDP(model) if rt.distributed else model
+    ddp_disc = DDP(disc) if (rt.distributed and use_disc) else disc
+    meta = {"kind": config.kind, "config": config.to_dict(), "preset": args.preset,
+            "data": {"name": args.data, "image_size": config.image_size},
+            "class_names": list(getattr(dataset, "class_names", [])),
+            "train_args": dataclasses.asdict(args)}
+
+    if fits_in_memory(dataset):
+        source = InMemoryImages(dataset, progress=args.progress and rt.is_main, desc=f"rendering {args.data}")
+        next_batch = lambda step: source.batch(_indices(step, len(source), args, rt))[0]
+    else:
+        stream = streaming_batches(dataset, lambda s: _indices(s, len(dataset), args, rt), start_step, args.num_workers)
+        next_batch = lambda step: next(stream)[0]
+    preview = torch.stack([preview_set[i][0] for i in range(min(8, len(preview_set)))]).to(rt.device)
+
+    rt.print(f"tokenizer {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+             f"{config.image_size}px -> {config.grid_size}x{config.grid_size} codes, codebook {config.codebook_size}")
+    used = torch.zeros(config.codebook_size, dtype=torch.bool, device=rt.device)
+    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train-tokenizer",
+               disable=not (args.progress and rt.is_main), dynamic_ncols=True)
+    t0, final = time.time(), None
+    for step in bar:
+        loop.seed_step(args.seed, step, rt.rank)
+        x = next_batch(step)
+        if args.flip:
+            x = random_hflip(x, torch.Generator().manual_seed(args.seed * 31 + step * 7 + rt.rank))
+        x = x.to(rt.device, non_blocking=True)
+        lr = loop.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        model.train()
+        with loop.autocast(rt.device, dtype):
+            recon, codes, vq_losses = ddp_model(x)
+            rec = reconstruction_loss(recon, x, config.l1_weight, config.l2_weight)
+            if perceptual is not None:
+                rec = rec + config.perceptual_weight * perceptual(recon.float(), x)
+            loss = rec + sum(vq_losses.values())
+            adv_on = use_disc and step >= config.disc_start
+            if adv_on:
+                g_adv = generator_adv_loss(ddp_disc(recon))
+                weight = adaptive_weight(rec, g_adv, model.decoder.last_layer) * config.disc_weight
+                loss = loss + weight * g_adv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        loop.ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+
+        d_loss = None
+        if adv_on:
+            with loop.autocast(rt.device, dtype):
+                d_loss = hinge_d_loss(ddp_disc(x), ddp_disc(recon.detach()))
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
+            disc_opt.step()
+
+        used[codes.flatten()] = True
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            shown = loop.all_reduce_mean(loss.detach().float(), rt).item()
+            stats = {"loss": f"{shown:.4f}", "usage": f"{used.float().mean().item():.0%}", "lr": f"{lr:.1e}"}
+            if d_loss is not None:
+                stats["d_loss"] = f"{d_loss.item():.3f}"
+            bar.set_postfix(stats)
+            used.zero_()
+        if rt.is_main and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps):
+            _write_preview(ema, preview, out / "previews" / f"step-{step + 1:07d}.png")
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            if rt.is_main:
+                final = checkpoint.save(out, step + 1, meta, model.state_dict(), ema.state_dict(),
+                                        _train_state(step + 1, opt, disc, disc_opt), keep=args.keep)
+            loop.barrier(rt)
+    bar.close()
+    if args.steps <= start_step:
+        rt.print(f"already trained to step {start_step} (of {args.steps}); nothing to do")
+    rt.print(f"trained {args.steps - start_step} steps in {time.time() - t0:.0f}s -> {out}")
+    if hasattr(dataset, "report") and getattr(dataset, "skipped", 0):
+        rt.print(dataset.report())
+    return final or checkpoint.resolve(out)
+
+
+def _indices(step: int, n: int, args: TokenizerTrainArgs, rt: loop.Runtime) -> torch.Tensor:
+    return loop.batch_indices(step, n, args.batch_size, args.seed, rt.rank, rt.world_size)
+
+
+def _train_state(step: int, opt, disc, disc_opt) -> dict:
+    state = {"step": step, "optimizer": opt.state_dict()}
+    if disc is not None:
+        state["discriminator"] = disc.state_dict()
+        state["disc_optimizer"] = disc_opt.state_dict()
+    return state
+
+
+def _resume(out: Path, config, model, ema, opt, disc, disc_opt) -> int:
+    meta = checkpoint.read_meta(out)
+    if meta["config"] != config.to_dict():
+        raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; "
+                                         f"use a new --out or the same preset and options")
+    checkpoint.load_state_strict(model, checkpoint.load_weights(out, prefer_ema=False), meta["path"])
+    checkpoint.load_state_strict(ema, checkpoint.load_weights(out, prefer_ema=True), meta["path"])
+    state = checkpoint.load_train_state(out)
+    opt.load_state_dict(state["optimizer"])
+    if disc is not None and "discriminator" in state:
+        disc.load_state_dict(state["discriminator"])
+        disc_opt.load_state_dict(state["disc_optimizer"])
+    return int(state["step"])
+
+
+@torch.no_grad()
+def _write_preview(model, images: torch.Tensor, path: Path) -> None:
+    recon = model.decode(model.encode(images))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(torch.cat([images, recon]).float().cpu(), path, nrow=len(images))
