@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True)
     s.add_argument("--classes", nargs="*", default=None, help="class ids or names (default: all classes)")
     s.add_argument("--n", type=int, default=4, help="images per class")
-    s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
     s.add_argument("--cfg-interval", type=int, default=-1, help="guide only the first N tokens (-1: all)")
     s.add_argument("--temperature", type=float, default=1.0)

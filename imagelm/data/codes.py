@@ -60,18 +60,18 @@ def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", a
     out.mkdir(parents=True, exist_ok=True)
     shards, buf_tokens, buf_labels, captions = [], [], [], []
 
-    def flush():
-        if not buf_tokens:
-            return
-        name = f"{len(shards):05d}"
-        tokens = np.concatenate(buf_tokens)
-        _atomic_npy(out / f"tokens_{name}.npy", tokens)
-        _atomic_npy(out / f"labels_{name}.npy", np.concatenate(buf_labels))
-        shards.append({"tokens": f"tokens_{name}.npy", "labels": f"labels_{name}.npy", "count": len(tokens)})
-        buf_tokens.clear()
-        buf_labels.clear()
+    def write_shards(final: bool) -> None:
+        """Write every full shard of buffered rows (and the remainder when final)."""
+        tokens, labels = np.concatenate(buf_tokens), np.concatenate(buf_labels)
+        while len(tokens) >= shard_size or (final and len(tokens)):
+            name = f"{len(shards):05d}"
+            _atomic_npy(out / f"tokens_{name}.npy", tokens[:shard_size])
+            _atomic_npy(out / f"labels_{name}.npy", labels[:shard_size])
+            shards.append({"tokens": f"tokens_{name}.npy", "labels": f"labels_{name}.npy",
+                           "count": len(tokens[:shard_size])})
+            tokens, labels = tokens[shard_size:], labels[shard_size:]
+        buf_tokens[:], buf_labels[:] = [tokens], [labels]
 
-    pending = 0
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=_collate)
     for images, labels, caps in tqdm(loader, desc="extract-codes", unit="batch", disable=not progress):
         views = augmented_views(images, augment)                                  # [B, A, 3, H, W]
@@ -81,11 +81,8 @@ def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", a
         buf_tokens.append(tokens.numpy().astype(dtype))
         buf_labels.append(labels.numpy())
         captions.extend(caps)
-        pending += B
-        if pending >= shard_size:
-            flush()
-            pending = 0
-    flush()
+        write_shards(final=False)
+    write_shards(final=True)
     with open(out / "captions.jsonl.tmp", "w") as f:
         for c in captions:
             f.write(json.dumps({"caption": c}) + "\n")

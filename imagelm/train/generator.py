@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from imagelm import checkpoint
 from imagelm.data.codes import CodesDataset
-from imagelm.models import build_generator, gpt_config
+from imagelm.models import GPTConfig, build_generator, gpt_config
 from imagelm.train import loop
 
 
@@ -46,7 +46,7 @@ class GeneratorTrainArgs:
     seed: int = 0
     log_every: int = 20
     preview_every: int = 500
-    preview_cfg: float = 4.0
+    preview_cfg: float = 2.0
     ckpt_every: int = 500
     keep: int = 2
     resume: bool = False
@@ -154,7 +154,7 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
 
 def _resume(out: Path, config, model, ema, opt) -> int:
     meta = checkpoint.read_meta(out)
-    if meta["config"] != config.to_dict():
+    if GPTConfig(**meta["config"]) != config:
         raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; "
                                          f"use a new --out or the same preset, codes and options")
     checkpoint.load_state_strict(model, checkpoint.load_weights(out, prefer_ema=False), meta["path"])

@@ -20,7 +20,7 @@ from imagelm import checkpoint
 from imagelm.data import build_dataset
 from imagelm.data.batches import InMemoryImages, fits_in_memory, random_hflip, streaming_batches
 from imagelm.data.transforms import save_grid
-from imagelm.tokenizers import build_tokenizer, tokenizer_config
+from imagelm.tokenizers import build_tokenizer, config_from_meta, tokenizer_config
 from imagelm.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_weight,
                                        generator_adv_loss, hinge_d_loss, reconstruction_loss)
 from imagelm.train import loop
@@ -200,7 +200,7 @@ def _train_state(step: int, opt, disc, disc_opt) -> dict:
 
 def _resume(out: Path, config, model, ema, opt, disc, disc_opt) -> int:
     meta = checkpoint.read_meta(out)
-    if meta["config"] != config.to_dict():
+    if config_from_meta(meta) != config:
         raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; "
                                          f"use a new --out or the same preset and options")
     checkpoint.load_state_strict(model, checkpoint.load_weights(out, prefer_ema=False), meta["path"])

@@ -1,0 +1,51 @@
+import json
+
+import numpy as np
+import torch
+
+from imagelm.data import build_dataset
+from imagelm.data.codes import CodesDataset, augmented_views
+from imagelm.tokenizers import load_tokenizer
+
+
+def test_codes_directory_matches_direct_encoding(tiny_tokenizer, tiny_codes):
+    manifest = json.loads((tiny_codes / "manifest.json").read_text())
+    assert manifest["tokenizer"]["kind"] == "vq"
+    assert manifest["tokenizer"]["path"].startswith(str(tiny_tokenizer))
+    assert manifest["layout"] == {"grid_size": 4, "vocab_size": 512, "num_subtokens": 1}
+    assert manifest["num_items"] == 64 and len(manifest["shards"]) == 2  # shard_size 40 -> 2 shards
+    codes = CodesDataset(tiny_codes)
+    assert codes.tokens.shape == (64, 2, 16, 1)                          # [N, views (flip), L, n]
+
+    tok = load_tokenizer(tiny_tokenizer)
+    data = build_dataset("shapes", image_size=16, length=64)
+    x = torch.stack([data[i][0] for i in (0, 50)])
+    direct = tok.encode(x).flatten(1)
+    assert np.array_equal(codes.tokens[[0, 50], 0, :, 0], direct.numpy())
+    assert np.array_equal(codes.tokens[[0, 50], 1, :, 0], tok.encode(x.flip(-1)).flatten(1).numpy())
+    assert codes.labels[50] == data[50][1]
+    captions = [json.loads(line)["caption"] for line in (tiny_codes / "captions.jsonl").read_text().splitlines()]
+    assert captions[50] == data[50][2]
+
+
+def test_codes_batch_picks_views_deterministically(tiny_codes):
+    codes = CodesDataset(tiny_codes)
+    idx = torch.tensor([3, 1, 4])
+    a, la = codes.batch(idx, torch.Generator().manual_seed(0))
+    b, lb = codes.batch(idx, torch.Generator().manual_seed(0))
+    assert a.shape == (3, 16, 1) and a.dtype == torch.int64
+    assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_augmented_views_shapes():
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert augmented_views(x, "none").shape == (2, 1, 3, 16, 16)
+    flip = augmented_views(x, "flip")
+    assert torch.equal(flip[:, 1], x.flip(-1))
+    assert augmented_views(x, "tencrop").shape == (2, 10, 3, 16, 16)
+
+
+def test_missing_codes_directory_message(tmp_path):
+    import pytest
+    with pytest.raises(FileNotFoundError, match="extract-codes"):
+        CodesDataset(tmp_path)
