@@ -30,7 +30,7 @@ def _stage(title: str):
     return time.time()
 
 
-def run(out: Path, runs: Path, seed: int = 0) -> Path:
+def run(out: Path, runs: Path, seed: int = 0, precision: str = "auto") -> Path:
     """Run (or reuse) every stage; returns the path of the samples grid."""
     from imagelm import checkpoint
     from imagelm.api import decode_tokens, load, sample
@@ -49,7 +49,7 @@ def run(out: Path, runs: Path, seed: int = 0) -> Path:
     t = _stage(f"1/4 tokenizer: vq-tiny on {DATA} (32x32 -> 8x8 codes)")
     train_tokenizer(TokenizerTrainArgs(out=str(vq_dir), data=DATA, preset="vq-tiny", steps=TOKENIZER_STEPS,
                                        data_length=CODES_IMAGES, ckpt_every=100, preview_every=100, seed=seed,
-                                       resume=True))
+                                       precision=precision, resume=True))
     tokenizer = load_tokenizer(vq_dir)
     held_out = build_dataset(DATA, image_size=32, split="test", seed=seed, length=500)
     metrics = evaluate_tokenizer(tokenizer, held_out)
@@ -66,7 +66,8 @@ def run(out: Path, runs: Path, seed: int = 0) -> Path:
 
     t = _stage("3/4 generator: a tiny Llama (4 layers, d=128) predicting the 64 tokens")
     train_generator(GeneratorTrainArgs(codes=str(codes_dir), out=str(gpt_dir), preset="tiny", steps=GENERATOR_STEPS,
-                                       ckpt_every=200, preview_every=200, seed=seed, resume=True))
+                                       ckpt_every=200, preview_every=200, seed=seed, precision=precision,
+                                       resume=True))
     print(f"({time.time() - t:.0f}s)")
 
     t = _stage(f"4/4 sampling: {SAMPLES_PER_CLASS} images per class, CFG {CFG}")
@@ -88,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo", help="where the pictures go")
     p.add_argument("--runs", default="runs/demo", help="where the checkpoints and codes go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 where the CPU runs it natively, else fp32")
     a = p.parse_args(argv)
-    run(Path(a.out), Path(a.runs), a.seed)
+    run(Path(a.out), Path(a.runs), a.seed, a.precision)
     return 0
 
 

@@ -55,8 +55,8 @@ def setup_runtime(device: str | None = None) -> Runtime:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but this machine has no CUDA device")
-        if world_size > 1 and dev.index is None:
-            dev = torch.device("cuda", local_rank)
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
