@@ -6,10 +6,17 @@ stderr and exit code 2; never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+
+
+def _say(*args) -> None:
+    """print() on the main process only (under torchrun every rank runs the CLI)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(*args, flush=True)
 
 
 def _train_tokenizer(a) -> None:
@@ -21,7 +28,7 @@ def _train_tokenizer(a) -> None:
                               device=a.device, seed=a.seed, num_workers=a.num_workers,
                               preview_every=a.preview_every, ckpt_every=a.ckpt_every, resume=a.resume)
     ckpt = train_tokenizer(args)
-    print(f"tokenizer checkpoint: {ckpt}")
+    _say(f"tokenizer checkpoint: {ckpt}")
 
 
 def _reconstruct(a) -> None:
@@ -65,7 +72,7 @@ def _train(a) -> None:
                               device=a.device, seed=a.seed, preview_every=a.preview_every,
                               ckpt_every=a.ckpt_every, resume=a.resume)
     ckpt = train_generator(args)
-    print(f"generator checkpoint: {ckpt}")
+    _say(f"generator checkpoint: {ckpt}")
 
 
 def _sample(a) -> None:
