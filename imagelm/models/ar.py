@@ -8,49 +8,20 @@ Entry points, one per use:
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from imagelm.models.conditioning import ClassEmbedder
-from imagelm.models.embedding import SubTokenEmbedding, SubTokenHeads
+from imagelm.models.base import GeneratorBase
 from imagelm.models.presets import GPTConfig
-from imagelm.models.transformer import Transformer
 
 
-class ARGenerator(nn.Module):
+class ARGenerator(GeneratorBase):
     """Condition -> [prefix | t_0 ... t_{L-2}] -> causal trunk -> logits for t_0 ... t_{L-1}."""
 
     kind = "ar"
+    causal = True
 
     def __init__(self, config: GPTConfig):
-        super().__init__()
-        if config.cond != "class":
-            raise ValueError("only class-conditional generators are built so far (cond='class')")
-        if config.cls_token_num != 1:
-            raise ValueError("a class-conditional generator has a prefix of exactly 1 token")
-        self.config = config
-        self.cond_embedder = ClassEmbedder(config.num_classes, config.dim, config.class_dropout)
-        self.tok_embeddings = SubTokenEmbedding(config.num_subtokens, config.vocab_size, config.dim)
-        self.token_dropout = nn.Dropout(config.token_dropout)
-        self.trunk = Transformer(config, causal=True)
-        self.output = SubTokenHeads(config.num_subtokens, config.vocab_size, config.dim)
+        super().__init__(config)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """N(0, 0.02) for every linear and embedding, zeros for the output heads (LlamaGen's init)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        self.output.reset_parameters()
-
-    @property
-    def prefix_len(self) -> int:
-        return self.config.cls_token_num
-
-    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        """The unconditional ("null") condition for each element of cond [B] -> [B]."""
-        return self.cond_embedder.null_like(cond)
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits: position i predicts token i from the condition and tokens < i.
@@ -62,10 +33,8 @@ class ARGenerator(nn.Module):
         squeeze = tokens.dim() == 2
         if squeeze:
             tokens = tokens.unsqueeze(-1)
-        if self.training:
-            cond = self.cond_embedder.drop(cond)
         P = self.prefix_len
-        h = torch.cat([self.cond_embedder(cond), self.tok_embeddings(tokens[:, :-1])], dim=1)  # [B, P+L-1, dim]
+        h = torch.cat([self.prefix(cond), self.tok_embeddings(tokens[:, :-1])], dim=1)         # [B, P+L-1, dim]
         h = self.token_dropout(h)
         h = self.trunk(h, torch.arange(h.shape[1], device=h.device))
         logits = self.output(h[:, P - 1:]).float()                                             # [B, L, n, V]
