@@ -3,16 +3,22 @@
     gen = imagelm.load("runs/gpt")
     tokens = imagelm.sample(gen, [0, 1, 2], cfg_scale=4.0, seed=0)    # [3, L, n]
     images = imagelm.decode_tokens(tokens, imagelm.linked_tokenizer(gen.meta))
+
+A text-conditional generator takes prompts instead of classes:
+    tokens = imagelm.sample(gen, ["a large red circle at the center on a blue background"], n=4, cfg_scale=3)
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from imagelm import checkpoint
 from imagelm.models import load_generator
+from imagelm.models.conditioning import TextCondition
 from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.masked import generate_masked
 from imagelm.tokenizers import load_tokenizer
 from imagelm.vocab import TokenLayout
 
@@ -42,21 +48,49 @@ def resolve_classes(classes, class_names: list[str], num_classes: int) -> list[i
     return ids
 
 
+def encode_prompts(generator, prompts: list[str], text_encoder=None) -> TextCondition:
+    """Prompts (B strings) -> TextCondition [B, T, C] from the text encoder the generator was trained
+    with (named in its checkpoint), or from `text_encoder` (an imagelm.text.TextEncoder) if given."""
+    from imagelm.text import text_encoder_from_spec
+    if not prompts:
+        raise ValueError("no prompts given")
+    device = next(generator.parameters()).device
+    if text_encoder is None:
+        spec = getattr(generator, "meta", {}).get("text_encoder")
+        if not spec:
+            raise ValueError("this text-conditional generator does not name its text encoder; pass text_encoder=")
+        text_encoder = text_encoder_from_spec(spec, device)
+    want = (generator.config.cls_token_num, generator.config.caption_dim)
+    if (text_encoder.max_len, text_encoder.dim) != want:
+        raise ValueError(f"text encoder gives [T, C] = [{text_encoder.max_len}, {text_encoder.dim}] but the "
+                         f"generator expects [{want[0]}, {want[1]}]")
+    return text_encoder.encode(list(prompts)).to(device)
+
+
 def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
            cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           seed: int = 0, progress: bool = False) -> torch.Tensor:
-    """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]
-    -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device)."""
+           seed: int = 0, steps: int = 10, progress: bool = False, text_encoder=None) -> torch.Tensor:
+    """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]; for a text
+    generator, prompts (a string or list of B strings) or a TextCondition
+    -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device).
+
+    AR generators decode token by token; masked (mlm) ones fill the grid in `steps` parallel steps
+    (their CFG schedule runs over the steps)."""
     if n < 1:
         raise ValueError(f"the number of images per condition must be >= 1, got {n}")
     device = next(generator.parameters()).device
-    if not torch.is_tensor(cond):
+    if generator.config.cond == "text":
+        if not isinstance(cond, TextCondition):
+            cond = encode_prompts(generator, [cond] if isinstance(cond, str) else list(cond), text_encoder)
+    elif not torch.is_tensor(cond):
         meta = getattr(generator, "meta", {})
         cond = torch.tensor(resolve_classes(list(cond), meta.get("class_names", []),
                                             generator.config.num_classes))
     cond = cond.to(device).repeat_interleave(n)
     options = SamplingOptions(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
     rng = torch.Generator(device).manual_seed(seed)
+    if getattr(generator, "kind", "ar") == "mlm":
+        return generate_masked(generator, cond, options, steps, rng, progress=progress)
     return generate(generator, cond, options, rng, progress=progress)
 
 
@@ -77,10 +111,11 @@ def linked_tokenizer(meta: dict, path=None, device: str | torch.device = "cpu", 
 
 @torch.no_grad()
 def decode_tokens(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
-    """tokens [B, L, n] -> images [B, 3, H, W] in [-1, 1], through the tokenizer's layout."""
-    layout = TokenLayout.for_tokenizer(tokenizer)
+    """tokens [B, L, n] -> images [B, 3, H, W] in [-1, 1], through the tokenizer's layout
+    (binary codes: n sub-tokens of D/n bits each)."""
+    layout = TokenLayout.for_tokenizer(tokenizer, num_subtokens=tokens.shape[-1] if tokens.dim() == 3 else 1)
     grid = int(round(tokens.shape[1] ** 0.5))
     if grid != layout.grid_size:
-        layout = TokenLayout(grid, layout.vocab_size, layout.num_subtokens)
+        layout = dataclasses.replace(layout, grid_size=grid)
     device = next(tokenizer.parameters()).device
     return tokenizer.decode(layout.to_codes(tokens.to(device)))

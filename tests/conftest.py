@@ -41,3 +41,16 @@ def tiny_generator(tiny_codes, tmp_path_factory):
                                        preview_every=4, ckpt_every=2, precision="fp32", device="cpu",
                                        progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bae_codes(tmp_path_factory):
+    """bae-tiny (12 bits a position) trained 4 steps on 16x16 shapes, and 64 images' codes."""
+    from imagelm.data.codes import extract_codes
+    from imagelm.tokenizers import load_tokenizer
+    from imagelm.train.tokenizer import TokenizerTrainArgs, train_tokenizer
+    vq = tmp_path_factory.mktemp("bae")
+    train_tokenizer(TokenizerTrainArgs(out=str(vq), **{**TINY_TOKENIZER, "preset": "bae-tiny", "steps": 4}))
+    out = tmp_path_factory.mktemp("bae_codes")
+    extract_codes(load_tokenizer(vq), "shapes", out, length=64, batch_size=32, progress=False)
+    return out

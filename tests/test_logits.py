@@ -42,3 +42,12 @@ def test_cfg_combine_and_schedules():
     assert cfg_scale_at(9, 10, 4.0, "linear") == pytest.approx(4.0)
     with pytest.raises(ValueError, match="unknown cfg schedule"):
         cfg_scale_at(0, 10, 4.0, "cubic")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cos", "log", "square", "square_root"])
+def test_rising_schedules_go_from_1_to_the_scale(schedule):
+    assert cfg_scale_at(0, 10, 4.0, schedule) == pytest.approx(1.0)
+    assert cfg_scale_at(9, 10, 4.0, schedule) == pytest.approx(4.0)
+    mid = cfg_scale_at(5, 11, 4.0, schedule)   # progress 0.5
+    expected = {"linear": 2.5, "cos": 2.5, "log": 1 + 3 * 0.6201145, "square": 1.75, "square_root": 1 + 3 * 0.70710678}
+    assert mid == pytest.approx(expected[schedule], rel=1e-5)

@@ -42,3 +42,47 @@ def test_training_lowers_the_loss(tiny_codes, tmp_path):
             return token_loss(model(tokens, labels), tokens).item()
 
     assert loss_at(30) < loss_at(1) - 1.0
+
+
+def _loss_falls(codes_dir, tmp_path, kind, subtokens):
+    import imagelm
+    from imagelm.models import load_generator
+    from imagelm.train.generator import generator_loss
+    out = tmp_path / f"{kind}-{subtokens}"
+    train_generator(GeneratorTrainArgs(codes=str(codes_dir), out=str(out), kind=kind, subtokens=subtokens, lr=3e-3,
+                                       warmup=0, class_dropout=0.0,
+                                       **{**ARGS, "steps": 30, "ckpt_every": 30, "preview_every": 30}))
+    codes = CodesDataset(codes_dir)
+    meta = checkpoint.read_meta(out)
+    from imagelm.vocab import TokenLayout
+    layout = TokenLayout.from_dict(meta["layout"])
+    tokens, labels = codes.batch(torch.arange(32), layout=layout)
+    assert tokens.shape[-1] == layout.num_subtokens
+
+    def loss_of(model):
+        torch.manual_seed(0)  # the same masks for both models (mlm)
+        with torch.no_grad():
+            return generator_loss(kind, model.eval(), tokens, labels).item()
+
+    from imagelm.models import GPTConfig, build_generator
+    torch.manual_seed(0)  # the loop seeds with args.seed before building: this is its step-0 model
+    first = loss_of(build_generator(GPTConfig(**meta["config"]), kind))
+    last = loss_of(load_generator(out, prefer_ema=False))
+    assert last < 0.9 * first, (kind, subtokens, first, last)
+    gen = imagelm.load(out)
+    sampled = imagelm.sample(gen, [0, 1], cfg_scale=2.0, seed=0, steps=4)
+    assert sampled.shape == (2, 16, layout.num_subtokens)
+    assert (out / "previews" / "step-0000030.png").is_file()  # decoded through the linked tokenizer
+    return meta
+
+
+def test_binary_codes_with_n_1_and_n_2_subtokens_train(tiny_bae_codes, tmp_path):
+    meta1 = _loss_falls(tiny_bae_codes, tmp_path, "ar", 1)
+    assert meta1["config"]["vocab_size"] == 2 ** 12 and meta1["config"]["num_subtokens"] == 1
+    meta2 = _loss_falls(tiny_bae_codes, tmp_path, "ar", 2)
+    assert meta2["config"]["vocab_size"] == 2 ** 6 and meta2["config"]["num_subtokens"] == 2
+
+
+def test_masked_generator_trains_on_vq_and_binary_codes(tiny_codes, tiny_bae_codes, tmp_path):
+    assert _loss_falls(tiny_codes, tmp_path / "vq", "mlm", None)["kind"] == "mlm"
+    _loss_falls(tiny_bae_codes, tmp_path / "bae", "mlm", 3)

@@ -5,6 +5,10 @@ Layout of a codes directory:
     tokens_00000.npy     uint16/int32 [N, A, L, n]: A augmented views per image (1, 2 with flip, 10 ten-crop)
     labels_00000.npy     int64 [N]
     captions.jsonl       one {"caption": ...} per image, in order
+    text_features_00000.npy  float16 [N, T, C] caption features (with --captions; left-padded, zero at padding)
+    text_mask_00000.npy      bool [N, T], True = a real caption token
+The manifest's "text" entry names the text encoder (name, path, max_len T, dim C) when features are
+stored, so training never runs the encoder and sampling encodes prompts the same way.
 Shards are memory-mapped when read.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ from tqdm import tqdm
 
 from imagelm.data import build_dataset
 from imagelm.data.transforms import ten_crop, to_tensor, to_uint8
-from imagelm.vocab import TokenLayout
+from imagelm.vocab import TokenLayout, convert_tokens
 
 AUGMENTATIONS = ("none", "flip", "tencrop")
 MANIFEST = "manifest.json"
@@ -47,39 +51,65 @@ def augmented_views(images: torch.Tensor, augment: str) -> torch.Tensor:
 def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", augment: str = "none",
                   image_size: int | None = None, length: int | None = None, seed: int = 0,
                   batch_size: int = 256, shard_size: int = 50_000, device: str | torch.device = "cpu",
+                  stochastic: bool = False, captions: bool = False, text_encoder: str = "minilm",
+                  text_encoder_path: str | None = None, max_caption_len: int | None = None,
                   progress: bool = True) -> Path:
-    """Encode data set `data` with `tokenizer` into a codes directory `out`; returns its manifest path."""
+    """Encode data set `data` with `tokenizer` into a codes directory `out`; returns its manifest path.
+
+    captions: also store each image's caption features from `text_encoder` ("minilm" or "t5", see
+    imagelm.text), padded/truncated to `max_caption_len` tokens, for text-conditional training.
+
+    stochastic: binary tokenizers draw Bernoulli bits instead of thresholding (seeded by `seed`).
+    """
     image_size = image_size or tokenizer.config.image_size
     dataset = build_dataset(data, image_size=image_size, split=split, seed=seed, length=length)
-    layout = TokenLayout.for_tokenizer(tokenizer)
-    if image_size != tokenizer.config.image_size:
-        grid = image_size // tokenizer.config.downsample
-        layout = TokenLayout(grid, layout.vocab_size, layout.num_subtokens)
-    dtype = np.uint16 if layout.vocab_size <= 65536 else np.int32
+    # Binary codes are stored one bit per sub-token (the D-1 split); training regroups them into
+    # whatever n-m split it asks for, so one extraction serves every vocabulary of the study.
+    bits = getattr(tokenizer, "code_bits", None)
+    grid = image_size // tokenizer.config.downsample
+    layout = (TokenLayout(grid, tokenizer.vocab_size) if bits is None else TokenLayout.binary(grid, bits, bits))
+    dtype = np.uint8 if layout.vocab_size <= 256 else (np.uint16 if layout.vocab_size <= 65536 else np.int32)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards, buf_tokens, buf_labels, captions = [], [], [], []
+    encoder = None
+    if captions:
+        from imagelm.text import load_text_encoder
+        encoder = load_text_encoder(text_encoder, text_encoder_path, max_caption_len,
+                                    next(tokenizer.parameters()).device)
+    shards, captions = [], []
+    # Arrays buffered until a shard is full: name -> list of row blocks (first axis = items).
+    bufs = {"tokens": [], "labels": []} | ({"text_features": [], "text_mask": []} if encoder else {})
 
     def write_shards(final: bool) -> None:
         """Write every full shard of buffered rows (and the remainder when final)."""
-        tokens, labels = np.concatenate(buf_tokens), np.concatenate(buf_labels)
-        while len(tokens) >= shard_size or (final and len(tokens)):
-            name = f"{len(shards):05d}"
-            _atomic_npy(out / f"tokens_{name}.npy", tokens[:shard_size])
-            _atomic_npy(out / f"labels_{name}.npy", labels[:shard_size])
-            shards.append({"tokens": f"tokens_{name}.npy", "labels": f"labels_{name}.npy",
-                           "count": len(tokens[:shard_size])})
-            tokens, labels = tokens[shard_size:], labels[shard_size:]
-        buf_tokens[:], buf_labels[:] = [tokens], [labels]
+        arrays = {k: np.concatenate(v) for k, v in bufs.items()}
+        while len(arrays["tokens"]) >= shard_size or (final and len(arrays["tokens"])):
+            name, entry = f"{len(shards):05d}", {"count": len(arrays["tokens"][:shard_size])}
+            for key, array in arrays.items():
+                _atomic_npy(out / f"{key}_{name}.npy", array[:shard_size])
+                entry[key] = f"{key}_{name}.npy"
+            shards.append(entry)
+            arrays = {k: a[shard_size:] for k, a in arrays.items()}
+        for key in bufs:
+            bufs[key][:] = [arrays[key]]
 
+    if stochastic and bits is None:
+        raise ValueError("stochastic codes need a binary (BAE) tokenizer")
+    bernoulli = torch.Generator(device).manual_seed(seed) if stochastic else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=_collate)
     for images, labels, caps in tqdm(loader, desc="extract-codes", unit="batch", disable=not progress):
         views = augmented_views(images, augment)                                  # [B, A, 3, H, W]
         B, A = views.shape[:2]
-        codes = tokenizer.encode(views.flatten(0, 1).to(device)).cpu()            # [B*A, h, w]
+        flat = views.flatten(0, 1).to(device)
+        codes = (tokenizer.encode(flat, stochastic=True, generator=bernoulli) if stochastic
+                 else tokenizer.encode(flat)).cpu()                               # [B*A, h, w(, D)]
         tokens = layout.to_tokens(codes).view(B, A, layout.seq_len, layout.num_subtokens)
-        buf_tokens.append(tokens.numpy().astype(dtype))
-        buf_labels.append(labels.numpy())
+        bufs["tokens"].append(tokens.numpy().astype(dtype))
+        bufs["labels"].append(labels.numpy())
+        if encoder is not None:
+            text = encoder.encode(list(caps))                                     # [B, T, C], [B, T]
+            bufs["text_features"].append(text.features.cpu().numpy().astype(np.float16))
+            bufs["text_mask"].append(text.mask.cpu().numpy())
         captions.extend(caps)
         write_shards(final=False)
     write_shards(final=True)
@@ -93,11 +123,13 @@ def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", a
                       "kind": meta.get("kind", "vq"), "preset": meta.get("preset"),
                       "config": tokenizer.config.to_dict()},
         "layout": layout.to_dict(),
-        "data": {"name": data, "split": split, "image_size": image_size, "augment": augment, "seed": seed},
+        "data": {"name": data, "split": split, "image_size": image_size, "augment": augment, "seed": seed,
+                 "stochastic": stochastic},
         "class_names": list(getattr(dataset, "class_names", [])),
         "num_items": sum(s["count"] for s in shards),
         "views": 1 if augment == "none" else (2 if augment == "flip" else 10),
         "shards": shards,
+        "text": encoder.spec if encoder else None,
     }
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
@@ -125,6 +157,11 @@ class CodesDataset:
         self.labels = np.concatenate([np.load(root / s["labels"]) for s in self.manifest["shards"]])
         if len(self.tokens) != len(self.labels):
             raise ValueError(f"{root}: {len(self.tokens)} token rows but {len(self.labels)} labels")
+        self.text = self.manifest.get("text")     # the text encoder's spec, when caption features are stored
+        if self.text:
+            feats = [np.load(root / s["text_features"], mmap_mode="r") for s in self.manifest["shards"]]
+            self.text_features = feats[0] if len(feats) == 1 else np.concatenate(feats)   # [N, T, C] float16
+            self.text_mask = np.concatenate([np.load(root / s["text_mask"]) for s in self.manifest["shards"]])
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -133,14 +170,30 @@ class CodesDataset:
     def num_classes(self) -> int:
         return len(self.class_names) or int(self.labels.max()) + 1
 
-    def batch(self, indices: torch.Tensor, generator: torch.Generator | None = None):
-        """(tokens int64 [B, L, n], labels int64 [B]); one augmented view per item, drawn from generator."""
+    def batch(self, indices: torch.Tensor, generator: torch.Generator | None = None,
+              layout: TokenLayout | None = None):
+        """(tokens int64 [B, L, n], labels int64 [B]); one augmented view per item, drawn from generator.
+
+        layout: regroup binary codes into this n-m split (default: the stored one)."""
         idx = indices.numpy()
         views = self.tokens.shape[1]
         pick = (torch.randint(views, (len(idx),), generator=generator).numpy() if views > 1
                 else np.zeros(len(idx), dtype=np.int64))
         rows = np.stack([self.tokens[i, v] for i, v in zip(idx, pick)])
-        return torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(self.labels[idx].astype(np.int64))
+        tokens = torch.from_numpy(rows.astype(np.int64))
+        if layout is not None:
+            tokens = convert_tokens(tokens, self.layout, layout)
+        return tokens, torch.from_numpy(self.labels[idx].astype(np.int64))
+
+
+    def text_batch(self, indices: torch.Tensor):
+        """Caption features of items indices [B] -> TextCondition(features float32 [B, T, C], mask bool [B, T])."""
+        from imagelm.models.conditioning import TextCondition
+        if not self.text:
+            raise ValueError(f"{self.root} has no caption features; extract the codes again with --captions")
+        idx = indices.numpy()
+        return TextCondition(torch.from_numpy(self.text_features[idx].astype(np.float32)),
+                             torch.from_numpy(self.text_mask[idx]))
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:

@@ -5,14 +5,15 @@ import torch
 
 from imagelm import checkpoint
 from imagelm.models.ar import ARGenerator
+from imagelm.models.mlm import MaskedGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig, gpt_config
 
-GENERATOR_KINDS = ("ar",)
-_CLASSES = {"ar": ARGenerator}
+GENERATOR_KINDS = ("ar", "mlm")
+_CLASSES = {"ar": ARGenerator, "mlm": MaskedGenerator}
 
 
 def build_generator(config: GPTConfig, kind: str = "ar") -> torch.nn.Module:
-    """A freshly initialised generator of `kind` ("ar") for `config`."""
+    """A freshly initialised generator of `kind` ("ar" or "mlm") for `config`."""
     if kind not in _CLASSES:
         raise ValueError(f"unknown generator kind {kind!r}; choose one of {', '.join(_CLASSES)}")
     return _CLASSES[kind](config)

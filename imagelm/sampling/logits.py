@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import torch
 
-CFG_SCHEDULES = ("constant", "linear")
+import math
+
+CFG_SCHEDULES = ("constant", "linear", "cos", "log", "square", "square_root")
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -36,13 +38,27 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
+_RISE = {  # progress p in [0, 1] -> fraction of the way from 1 to the full scale (0 at p=0, 1 at p=1)
+    "linear": lambda p: p,
+    "cos": lambda p: (1 - math.cos(math.pi * p)) / 2,      # slow, fast, slow
+    "log": lambda p: math.log1p((math.e - 1) * p),         # fast early, then flattening
+    "square": lambda p: p * p,                              # slow early
+    "square_root": lambda p: math.sqrt(p),                  # fast early
+}
+
+
 def cfg_scale_at(index: int, total: int, scale: float, schedule: str = "constant") -> float:
-    """Guidance scale for token `index` of `total`: constant, or linear from 1 (first) to scale (last)."""
+    """Guidance scale at step `index` of `total` (tokens for AR, steps for MLM).
+
+    constant: `scale` throughout. The others rise from 1 at the first step to `scale` at the last,
+    along linear, cos, log, square or square_root curves of progress index / (total - 1).
+    """
     if schedule == "constant":
         return scale
-    if schedule == "linear":
-        return 1.0 + (scale - 1.0) * index / max(1, total - 1)
-    raise ValueError(f"unknown cfg schedule {schedule!r}; choose one of {', '.join(CFG_SCHEDULES)}")
+    if schedule not in _RISE:
+        raise ValueError(f"unknown cfg schedule {schedule!r}; choose one of {', '.join(CFG_SCHEDULES)}")
+    progress = index / max(1, total - 1)
+    return 1.0 + (scale - 1.0) * _RISE[schedule](progress)
 
 
 def apply_cfg(logits: torch.Tensor, scale: float) -> torch.Tensor:

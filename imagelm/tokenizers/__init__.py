@@ -1,6 +1,6 @@
 """Image tokenizers behind one interface: `encode(images) -> codes`, `decode(codes) -> images`.
 
-Kinds: "vq" (LlamaGen-style vector quantiser). Each kind has a frozen config dataclass with named
+Kinds: "vq" (LlamaGen-style vector quantiser) and "bae" (ELM-style binary autoencoder). Each kind has a frozen config dataclass with named
 presets; `load_tokenizer` rebuilds one from a checkpoint directory alone.
 """
 from __future__ import annotations
@@ -8,14 +8,15 @@ from __future__ import annotations
 import torch
 
 from imagelm import checkpoint
+from imagelm.tokenizers.bae import BAE_PRESETS, BAEConfig, BAEModel, bae_config
 from imagelm.tokenizers.vq import VQ_PRESETS, VQConfig, VQModel, vq_config
 
-TOKENIZER_KINDS = ("vq",)
+TOKENIZER_KINDS = ("vq", "bae")
 
 
 def tokenizer_presets() -> dict[str, str]:
     """Preset name -> tokenizer kind, for every known preset."""
-    return {name: "vq" for name in VQ_PRESETS}
+    return {**{name: "vq" for name in VQ_PRESETS}, **{name: "bae" for name in BAE_PRESETS}}
 
 
 def tokenizer_config(preset: str, **overrides):
@@ -23,13 +24,15 @@ def tokenizer_config(preset: str, **overrides):
     kind = tokenizer_presets().get(preset)
     if kind is None:
         raise ValueError(f"unknown tokenizer preset {preset!r}; choose one of {', '.join(tokenizer_presets())}")
-    return vq_config(preset, **overrides)
+    return vq_config(preset, **overrides) if kind == "vq" else bae_config(preset, **overrides)
 
 
 def build_tokenizer(config) -> torch.nn.Module:
     """A freshly initialised tokenizer for `config`."""
     if isinstance(config, VQConfig):
         return VQModel(config)
+    if isinstance(config, BAEConfig):
+        return BAEModel(config)
     raise TypeError(f"not a tokenizer config: {type(config).__name__}")
 
 
@@ -37,6 +40,8 @@ def config_from_meta(meta: dict):
     """Rebuild a tokenizer config from a checkpoint's config.json contents."""
     if meta["kind"] == "vq":
         return VQConfig(**meta["config"])
+    if meta["kind"] == "bae":
+        return BAEConfig(**meta["config"])
     raise checkpoint.CheckpointError(f"{meta.get('path', 'checkpoint')} is a {meta['kind']!r} checkpoint, not a tokenizer")
 
 

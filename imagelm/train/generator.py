@@ -19,7 +19,9 @@ from tqdm import tqdm
 from imagelm import checkpoint
 from imagelm.data.codes import CodesDataset
 from imagelm.models import GPTConfig, build_generator, gpt_config
+from imagelm.models.mlm import random_training_mask
 from imagelm.train import loop
+from imagelm.vocab import TokenLayout
 
 
 @dataclass
@@ -28,7 +30,9 @@ class GeneratorTrainArgs:
     codes: str
     out: str
     preset: str = "tiny"
-    kind: str = "ar"
+    kind: str = "ar"                    # "ar" (autoregressive) or "mlm" (masked, MaskGIT-style)
+    subtokens: int | None = None        # binary codes: split D bits into this many sub-tokens (ELM's n)
+    cond: str | None = None             # "class" or "text" (caption features in the codes); default: the preset's
     steps: int = 1000
     batch_size: int = 64                # global, over all ranks
     lr: float = 1e-3
@@ -53,9 +57,21 @@ class GeneratorTrainArgs:
     progress: bool = True
 
 
+def default_subtokens(layout: TokenLayout) -> int:
+    """Binary codes: the fewest sub-tokens with at most 10 bits each (D=16 -> 2-8, D=20 -> 2-10, D=32 -> 4-8)."""
+    if layout.bits is None:
+        return 1
+    return next(n for n in range(1, layout.bits + 1) if layout.bits % n == 0 and layout.bits // n <= 10)
+
+
+def train_layout(args: GeneratorTrainArgs, codes: CodesDataset) -> TokenLayout:
+    """The token layout the generator is trained on: the codes' own, or binary codes re-split into n-m."""
+    return codes.layout.split(args.subtokens or default_subtokens(codes.layout))
+
+
 def model_config(args: GeneratorTrainArgs, codes: CodesDataset):
     """The generator config: the preset's shape, the codes' layout and classes, the args' overrides."""
-    layout = codes.layout
+    layout = train_layout(args, codes)
     overrides = dict(vocab_size=layout.vocab_size, num_subtokens=layout.num_subtokens,
                      grid_size=layout.grid_size, num_classes=codes.num_classes)
     if args.class_dropout is not None:
@@ -64,12 +80,34 @@ def model_config(args: GeneratorTrainArgs, codes: CodesDataset):
         overrides.update(token_dropout=args.dropout, resid_dropout=args.dropout, ffn_dropout=args.dropout)
     if args.drop_path is not None:
         overrides["drop_path"] = args.drop_path
+    cond = args.cond or gpt_config(args.preset).cond
+    if cond not in ("class", "text"):
+        raise ValueError(f"--cond must be 'class' or 'text', not {cond!r}")
+    if cond == "text":  # the prefix is the stored caption features: T tokens of C channels
+        if not codes.text:
+            raise ValueError(f"{codes.root} has no caption features for --cond text; "
+                             f"extract the codes with --captions")
+        overrides.update(cond="text", cls_token_num=codes.text["max_len"], caption_dim=codes.text["dim"])
+    else:
+        overrides.update(cond="class", cls_token_num=1)
     return gpt_config(args.preset, **overrides)
 
 
 def token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over positions and sub-tokens: logits [B, L, n, V], tokens [B, L, n] -> scalar."""
-    return F.cross_entropy(logits.flatten(0, 2).float(), tokens.flatten())
+    """Mean cross-entropy over positions and sub-tokens: logits [..., V], tokens [...] -> scalar."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
+
+
+def generator_loss(kind: str, model, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The training loss of a generator (called through its DDP wrapper, if any).
+
+    ar: next-token cross-entropy at every position. mlm: cross-entropy at the positions hidden by a
+    MaskGIT cosine-ratio mask, drawn from the global RNG (seeded per step).
+    """
+    if kind == "ar":
+        return token_loss(model(tokens, cond), tokens)
+    mask = random_training_mask(tokens.shape[0], tokens.shape[1], tokens.device)  # [B, L]
+    return token_loss(model(tokens, cond, mask)[mask], tokens[mask])
 
 
 def train_generator(args: GeneratorTrainArgs) -> Path:
@@ -84,6 +122,7 @@ def train_generator(args: GeneratorTrainArgs) -> Path:
 def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
     out = Path(args.out)
     codes = CodesDataset(args.codes)
+    layout = train_layout(args, codes)
     config = model_config(args, codes)
     if args.batch_size % rt.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {rt.world_size} ranks")
@@ -102,8 +141,9 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
         rt.print(f"--resume: no checkpoint in {out} yet, starting fresh")
     ddp_model = DDP(model) if rt.distributed else model
     meta = {"kind": args.kind, "config": config.to_dict(), "preset": args.preset,
-            "tokenizer": codes.manifest["tokenizer"], "layout": codes.layout.to_dict(),
+            "tokenizer": codes.manifest["tokenizer"], "layout": layout.to_dict(),
             "class_names": codes.class_names, "codes": str(Path(args.codes).resolve()),
+            "text_encoder": codes.text if config.cond == "text" else None,
             "train_args": dataclasses.asdict(args)}
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -116,15 +156,16 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
     for step in bar:
         loop.seed_step(args.seed, step, rt.rank)
         idx = loop.batch_indices(step, len(codes), args.batch_size, args.seed, rt.rank, rt.world_size)
-        tokens, labels = codes.batch(idx, torch.Generator().manual_seed(args.seed * 31 + step * 7 + rt.rank))
+        tokens, labels = codes.batch(idx, torch.Generator().manual_seed(args.seed * 31 + step * 7 + rt.rank), layout)
         tokens, labels = tokens.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
+        cond = labels if config.cond == "class" else codes.text_batch(idx).to(rt.device)   # ids or captions
         lr = loop.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
 
         model.train()
         with loop.autocast(rt.device, dtype):
-            loss = token_loss(ddp_model(tokens, labels), tokens)
+            loss = generator_loss(args.kind, ddp_model, tokens, cond)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -165,18 +206,20 @@ def _resume(out: Path, config, model, ema, opt) -> int:
 
 
 def _write_preview(model, meta: dict, path: Path, args: GeneratorTrainArgs, device) -> None:
-    """A grid with a row per class (up to 10), decoded by the linked tokenizer when it can be found."""
-    from imagelm.api import decode_tokens, linked_tokenizer
+    """A grid with a row per class (up to 10), or per caption (the first 8 of the codes) for a text
+    model, decoded by the linked tokenizer when it can be found."""
+    from imagelm.api import decode_tokens, linked_tokenizer, sample
     from imagelm.data.transforms import save_grid
-    from imagelm.sampling.autoregressive import SamplingOptions, generate
 
     tokenizer = linked_tokenizer(meta, device=device, required=False)
     if tokenizer is None:
         return
-    n_classes = min(10, model.config.num_classes)
     per_class = 8
-    cond = torch.arange(n_classes, device=device).repeat_interleave(per_class)
-    tokens = generate(model, cond, SamplingOptions(cfg_scale=args.preview_cfg),
-                      torch.Generator(device).manual_seed(args.seed))
+    if model.config.cond == "text":
+        codes = CodesDataset(meta["codes"])
+        cond = codes.text_batch(torch.arange(min(8, len(codes)))).to(device).repeat_interleave(per_class)
+    else:
+        cond = torch.arange(min(10, model.config.num_classes), device=device).repeat_interleave(per_class)
+    tokens = sample(model, cond, cfg_scale=args.preview_cfg, seed=args.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grid(decode_tokens(tokens, tokenizer).float().cpu(), path, nrow=per_class)

@@ -21,6 +21,7 @@ from imagelm.data import build_dataset
 from imagelm.data.batches import InMemoryImages, fits_in_memory, random_hflip, streaming_batches
 from imagelm.data.transforms import save_grid
 from imagelm.tokenizers import build_tokenizer, config_from_meta, tokenizer_config
+from imagelm.tokenizers.bae import code_ids
 from imagelm.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_weight,
                                        generator_adv_loss, hinge_d_loss, reconstruction_loss)
 from imagelm.train import loop
@@ -119,9 +120,10 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
         next_batch = lambda step: next(stream)[0]
     preview = torch.stack([preview_set[i][0] for i in range(min(8, len(preview_set)))]).to(rt.device)
 
+    codes_desc = f"codebook {config.codebook_size}" if config.kind == "vq" else f"{config.bits} bits each"
     rt.print(f"tokenizer {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-             f"{config.image_size}px -> {config.grid_size}x{config.grid_size} codes, codebook {config.codebook_size}")
-    used = torch.zeros(config.codebook_size, dtype=torch.bool, device=rt.device)
+             f"{config.image_size}px -> {config.grid_size}x{config.grid_size} codes, {codes_desc}")
+    seen = []  # code ids of the batches since the last log line, for the usage figure
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train-tokenizer",
                disable=not (args.progress and rt.is_main), dynamic_ncols=True)
     t0, final = time.time(), None
@@ -162,14 +164,15 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
             torch.nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
             disc_opt.step()
 
-        used[codes.flatten()] = True
+        seen.append(code_ids(codes))
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             shown = loop.all_reduce_mean(loss.detach().float(), rt).item()
-            stats = {"loss": f"{shown:.4f}", "usage": f"{used.float().mean().item():.0%}", "lr": f"{lr:.1e}"}
+            usage = torch.unique(torch.cat(seen)).numel() / model.vocab_size
+            stats = {"loss": f"{shown:.4f}", "usage": f"{usage:.0%}", "lr": f"{lr:.1e}"}
             if d_loss is not None:
                 stats["d_loss"] = f"{d_loss.item():.3f}"
             bar.set_postfix(stats)
-            used.zero_()
+            seen.clear()
         if rt.is_main and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps):
             _write_preview(ema, preview, out / "previews" / f"step-{step + 1:07d}.png")
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:

@@ -1,0 +1,72 @@
+"""MaskGIT-style parallel decoding for the masked generator (ELM's MLM sampler).
+
+Start from an all-masked grid (or one with some tokens given). At each of `steps` steps: predict
+every masked position, sample a candidate for each, score the candidates by their log-probability
+plus Gumbel noise whose temperature anneals to 0, keep the most confident, and re-mask the rest so
+that a cosine schedule of positions stays masked (none after the last step). Guidance doubles the
+batch and mixes the halves with a per-step CFG scale.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm import tqdm
+
+from imagelm.sampling.autoregressive import SamplingOptions
+from imagelm.sampling.logits import apply_cfg, cfg_scale_at, filter_top_k_top_p, sample_tokens
+
+
+def _gumbel(shape, generator, device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-20, 1.0)
+    return -torch.log((-torch.log(u)).clamp_min(1e-20))
+
+
+@torch.no_grad()
+def generate_masked(model, cond: torch.Tensor, options: SamplingOptions = SamplingOptions(), steps: int = 10,
+                    generator: torch.Generator | None = None, tokens: torch.Tensor | None = None,
+                    known: torch.Tensor | None = None, choice_temperature: float = 4.5,
+                    progress: bool = False) -> torch.Tensor:
+    """Sample tokens [B, L, n] for cond [B] in `steps` parallel steps.
+
+    tokens/known: optional given tokens [B, L, n] and which positions [B, L] (bool) are given; given
+    positions are never changed. choice_temperature: initial scale of the Gumbel noise on confidences
+    (annealed linearly to 0 at the last step).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    was_training = model.training
+    model.eval()
+    B, L, n = cond.shape[0], model.config.seq_len, model.config.num_subtokens
+    device = cond.device
+    tokens = torch.zeros(B, L, n, dtype=torch.long, device=device) if tokens is None else tokens.clone()
+    known = torch.zeros(B, L, dtype=torch.bool, device=device) if known is None else known.clone()
+    to_fill = (~known).sum(1)                                                        # [B]
+    inputs = torch.cat([cond, model.null_cond(cond)]) if options.guided else cond
+    try:
+        for t in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+            masked = ~known
+            if not masked.any():
+                break
+            if options.guided:
+                logits = model(torch.cat([tokens, tokens]), inputs, torch.cat([masked, masked]))
+                logits = apply_cfg(logits, cfg_scale_at(t, steps, options.cfg_scale, options.cfg_schedule))
+            else:
+                logits = model(tokens, inputs, masked)                               # [B, L, n, V]
+            candidates = sample_tokens(logits, options.temperature, options.top_k, options.top_p, generator)
+            scaled = logits / max(options.temperature, 1e-6)
+            logp = filter_top_k_top_p(scaled, options.top_k, options.top_p).log_softmax(-1)
+            confidence = logp.gather(-1, candidates.unsqueeze(-1)).squeeze(-1).sum(-1)  # [B, L]
+            anneal = choice_temperature * (1.0 - (t + 1) / steps)
+            confidence = confidence + anneal * _gumbel(confidence.shape, generator, device)
+            confidence = confidence.masked_fill(~masked, float("inf"))              # given tokens stay
+            tokens = torch.where(masked.unsqueeze(-1), candidates, tokens)
+            # How many stay masked after this step: a cosine share of what had to be filled, and at
+            # least one fewer than are masked now, so every step reveals something.
+            keep = torch.floor(to_fill * math.cos(math.pi / 2 * (t + 1) / steps)).long()
+            keep = torch.minimum(keep, (masked.sum(1) - 1).clamp_min(0))
+            ranks = confidence.argsort(dim=1).argsort(dim=1)                        # 0 = least confident
+            known = ~(ranks < keep.unsqueeze(1))
+    finally:
+        model.train(was_training)
+    return tokens
