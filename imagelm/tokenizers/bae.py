@@ -8,52 +8,28 @@ images [B, 3, H, W] <-> codes [B, H/f, W/f, D] of 0/1 (uint8).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from imagelm.tokenizers.blocks import Decoder, Encoder
+from imagelm.tokenizers.blocks import AutoencoderConfig, Decoder, Encoder
 
 
 @dataclass(frozen=True)
-class BAEConfig:
-    """Everything that shapes a binary autoencoder, plus the weights of its training losses."""
-    image_size: int = 256
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    num_res_blocks: int = 2
-    z_channels: int = 256             # width of the encoder output and of each bit's embedding
-    attn: bool = True
-    dropout: float = 0.0
+class BAEConfig(AutoencoderConfig):
+    """A binary autoencoder: the shared autoencoder shape and losses, plus D bits a position.
+    (z_channels is also the width of each bit's embedding.)"""
     bits: int = 16                    # D
     code_weight: float = 0.0          # weight of mean p(1-p): pushes bit probabilities to 0 or 1
-    l1_weight: float = 1.0
-    l2_weight: float = 0.0
-    perceptual_weight: float = 1.0
-    disc_weight: float = 0.5
-    disc_start: int = 20000
+    l2_weight: float = 0.0            # ELM trains with L1 (+ perceptual + adversarial) only
 
     kind = "bae"
 
     def __post_init__(self):
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        if self.image_size % self.downsample:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsample factor {self.downsample}")
+        super().__post_init__()
         if not 1 <= self.bits <= 62:
             raise ValueError(f"bits must be in 1..62, got {self.bits}")
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.downsample
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 BAE_PRESETS: dict[str, dict] = {

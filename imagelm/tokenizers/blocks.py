@@ -6,9 +6,49 @@ up-sampling), a middle section at the lowest resolution, and a GroupNorm + SiLU 
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """What every conv autoencoder tokenizer shares: its shape and its training-loss weights.
+
+    VQConfig and BAEConfig add their quantiser's fields (and may change these defaults).
+    """
+    image_size: int = 256
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 256
+    attn: bool = True                 # self-attention at the lowest resolution
+    dropout: float = 0.0
+    # Training-loss weights (used by train/tokenizer.py, saved here so a run is described whole).
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    disc_weight: float = 0.5
+    disc_start: int = 20000
+
+    def __post_init__(self):
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        if self.image_size % self.downsample:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsample factor {self.downsample}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.downsample
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
