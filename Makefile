@@ -2,14 +2,14 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo demo-t2i test install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: this version installs a CPU build from local disk.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,text]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m imagelm.demo
 
+# Text-to-image on `shapes` (~15 min on a 2-core CPU): prompts -> demo-t2i/samples.png + colour accuracy.
+demo-t2i: $(STAMP)
+	$(PY) -m imagelm.demo_t2i
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf .venv demo runs
+	rm -rf .venv demo demo-t2i runs

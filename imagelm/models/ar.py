@@ -26,7 +26,8 @@ class ARGenerator(GeneratorBase):
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits: position i predicts token i from the condition and tokens < i.
 
-        tokens [B, L, n] int64 (or [B, L] when n == 1), cond [B] class ids (the null id allowed)
+        tokens [B, L, n] int64 (or [B, L] when n == 1), cond [B] class ids (the null id allowed) or a
+        TextCondition (features [B, T, C], mask [B, T]; padded caption positions are never attended)
         -> logits [B, L, n, V] (or [B, L, V] for [B, L] input). In training mode, conditions are
         dropped to null at the configured rate.
         """
@@ -34,9 +35,10 @@ class ARGenerator(GeneratorBase):
         if squeeze:
             tokens = tokens.unsqueeze(-1)
         P = self.prefix_len
-        h = torch.cat([self.prefix(cond), self.tok_embeddings(tokens[:, :-1])], dim=1)         # [B, P+L-1, dim]
+        prefix, prefix_mask = self.prefix_with_mask(cond)                                      # [B, P, dim]
+        h = torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1)                    # [B, P+L-1, dim]
         h = self.token_dropout(h)
-        h = self.trunk(h, torch.arange(h.shape[1], device=h.device))
+        h = self.trunk(h, torch.arange(h.shape[1], device=h.device), self.sequence_mask(prefix_mask, h.shape[1]))
         logits = self.output(h[:, P - 1:]).float()                                             # [B, L, n, V]
         return logits.squeeze(-2) if squeeze else logits
 
@@ -48,9 +50,10 @@ class ARGenerator(GeneratorBase):
         self.trunk.clear_caches()
 
     def prefill(self, cond: torch.Tensor) -> torch.Tensor:
-        """Run the prefix through the cache: cond [B] -> logits for token 0, [B, n, V]."""
+        """Run the prefix through the cache: cond (class ids [B] or a TextCondition) -> logits for
+        token 0, [B, n, V]. The prefix mask is kept in the cache for the decode steps."""
         h = self.cond_embedder(cond)                                                           # [B, P, dim]
-        h = self.trunk(h, torch.arange(self.prefix_len, device=h.device))
+        h = self.trunk(h, torch.arange(self.prefix_len, device=h.device), self.cond_embedder.prefix_mask(cond))
         return self.output(h[:, -1]).float()
 
     def decode(self, tokens: torch.Tensor, index: int | torch.Tensor) -> torch.Tensor:

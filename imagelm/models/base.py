@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from imagelm.models.conditioning import ClassEmbedder
+from imagelm.models.conditioning import CaptionEmbedder, ClassEmbedder
 from imagelm.models.embedding import SubTokenEmbedding, SubTokenHeads
 from imagelm.models.presets import GPTConfig
 from imagelm.models.transformer import Transformer
@@ -20,12 +20,14 @@ class GeneratorBase(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        if config.cond != "class":
-            raise ValueError("only class-conditional generators are built so far (cond='class')")
-        if config.cls_token_num != 1:
-            raise ValueError("a class-conditional generator has a prefix of exactly 1 token")
         self.config = config
-        self.cond_embedder = ClassEmbedder(config.num_classes, config.dim, config.class_dropout)
+        if config.cond == "text":   # prefix = the caption's T tokens, some of them padding
+            self.cond_embedder = CaptionEmbedder(config.caption_dim, config.dim, config.cls_token_num,
+                                                 config.class_dropout)
+        elif config.cls_token_num != 1:
+            raise ValueError("a class-conditional generator has a prefix of exactly 1 token")
+        else:
+            self.cond_embedder = ClassEmbedder(config.num_classes, config.dim, config.class_dropout)
         self.tok_embeddings = SubTokenEmbedding(config.num_subtokens, config.vocab_size, config.dim)
         self.token_dropout = nn.Dropout(config.token_dropout)
         self.trunk = Transformer(config, causal=self.causal)
@@ -44,13 +46,28 @@ class GeneratorBase(nn.Module):
     def prefix_len(self) -> int:
         return self.config.cls_token_num
 
-    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        """The unconditional ("null") condition for each element of cond [B] -> [B]."""
+    def null_cond(self, cond):
+        """The unconditional ("null") condition for each element of cond: class ids [B] -> [B], or a
+        TextCondition -> the null caption, batch B."""
         return self.cond_embedder.null_like(cond)
 
-    def prefix(self, cond: torch.Tensor) -> torch.Tensor:
-        """cond [B] -> prefix embeddings [B, P, dim]; in training mode conditions drop to null at the
-        configured rate (classifier-free guidance)."""
+    def prefix_with_mask(self, cond) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """cond (class ids [B] or a TextCondition) -> (prefix embeddings [B, P, dim], prefix mask [B, P]
+        bool with False at caption padding, or None when nothing is padded). In training mode
+        conditions drop to null at the configured rate (classifier-free guidance)."""
         if self.training:
             cond = self.cond_embedder.drop(cond)
-        return self.cond_embedder(cond)
+        return self.cond_embedder(cond), self.cond_embedder.prefix_mask(cond)
+
+    def prefix(self, cond) -> torch.Tensor:
+        """cond -> prefix embeddings [B, P, dim] (see prefix_with_mask)."""
+        return self.prefix_with_mask(cond)[0]
+
+    @staticmethod
+    def sequence_mask(prefix_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        """The trunk's input mask for a prefix followed by image tokens: prefix_mask [B, P] -> [B, length]
+        (image tokens are always real); None stays None."""
+        if prefix_mask is None:
+            return None
+        B, P = prefix_mask.shape
+        return torch.cat([prefix_mask, prefix_mask.new_ones(B, length - P)], dim=1)

@@ -77,7 +77,11 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
 
-# name -> (n_layer, n_head, dim); LlamaGen's GPT-B ... GPT-3B (class-conditional, 1000 classes).
+# LlamaGen's text-to-image setting: 120 caption tokens of FLAN-T5-XL features (2048-d).
+_T2I = dict(cond="text", cls_token_num=120, caption_dim=2048)
+
+# name -> (n_layer, n_head, dim); LlamaGen's GPT-B ... GPT-7B (class-conditional, 1000 classes), and
+# its text-to-image models (`-t2i`). Training on codes takes T and C from the caption features.
 GPT_PRESETS: dict[str, dict] = {
     "GPT-B": dict(n_layer=12, n_head=12, dim=768),
     "GPT-L": dict(n_layer=24, n_head=16, dim=1024),
@@ -86,9 +90,21 @@ GPT_PRESETS: dict[str, dict] = {
     "GPT-XXXL": dict(n_layer=48, n_head=40, dim=2560),
     "GPT-1B": dict(n_layer=22, n_head=32, dim=2048),
     "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
+    "GPT-7B": dict(n_layer=32, n_head=32, dim=4096),
+    "GPT-XL-t2i": dict(n_layer=36, n_head=20, dim=1280, **_T2I),
+    "GPT-1B-t2i": dict(n_layer=22, n_head=32, dim=2048, **_T2I),
+    "GPT-3B-t2i": dict(n_layer=24, n_head=32, dim=3200, **_T2I),
+    "GPT-7B-t2i": dict(n_layer=32, n_head=32, dim=4096, **_T2I),
     # A CPU-sized model for demos and tests; vocabulary and grid come from the codes it trains on.
     "tiny": dict(n_layer=4, n_head=4, dim=128, multiple_of=32, grid_size=8, vocab_size=512, num_classes=10,
                  token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
+    # Its bigger sibling (~3.5x the parameters), the second size of `imagelm study`.
+    "small": dict(n_layer=6, n_head=6, dim=192, multiple_of=64, grid_size=8, vocab_size=512, num_classes=10,
+                  token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
+    # The same with a caption prefix: 32 tokens of all-MiniLM-L6-v2 features (imagelm.text's default).
+    "tiny-t2i": dict(n_layer=4, n_head=4, dim=128, multiple_of=32, grid_size=8, vocab_size=512,
+                     cond="text", cls_token_num=32, caption_dim=384,
+                     token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
 }
 
 

@@ -3,6 +3,10 @@
 One `Transformer.forward(h, input_pos, mask)` serves training, prefill and decode alike: without
 caches it attends within `h`; with caches (after `setup_caches`) it writes k/v at `input_pos` and
 attends over the cache, the mask rows picked by `input_pos`. There are no hidden modes.
+
+`mask` [B, T] says which of the T inputs are real tokens (False: padding, e.g. of a caption). The
+trunk combines it with causal order into the attention mask (`attention_mask`); with caches it is
+written into the cache beside k/v, so later decode steps keep ignoring those positions.
 """
 from __future__ import annotations
 
@@ -87,6 +91,23 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out.flatten(3).type_as(x)
 
 
+def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, causal: bool,
+                   key_valid: torch.Tensor | None) -> torch.Tensor | None:
+    """Who may attend to whom: bool, True = attend, [T, S] or [B, 1, T, S] with key_valid; None when
+    nothing is masked (plain bidirectional attention).
+
+    query_pos [T] and key_pos [S] are sequence positions; key_valid [B, S] marks real keys. Padded keys
+    are never attended, except that every query sees itself, so a padding query (whose output nobody
+    reads) never has an empty row.
+    """
+    allowed = query_pos[:, None] >= key_pos[None, :] if causal else None                # [T, S]
+    if key_valid is None:
+        return allowed
+    valid = key_valid[:, None, None, :]                                                 # [B, 1, 1, S]
+    allowed = valid if allowed is None else allowed & valid                             # [B, 1, T, S]
+    return allowed | (query_pos[:, None] == key_pos[None, :])
+
+
 class Attention(nn.Module):
     """Multi-head (optionally grouped-query) attention with fused qkv and 2D RoPE."""
 
@@ -169,6 +190,7 @@ class Transformer(nn.Module):
         with torch.device("cpu"):  # a table of numbers, also when the model is built on the meta device
             table = rope_2d_table(config)
         self.register_buffer("rope", table, persistent=False)
+        self.cache_valid: torch.Tensor | None = None   # [max_batch, max_seq] bool beside the KV caches
         self.max_batch = 0
 
     def setup_caches(self, max_batch: int, dtype: torch.dtype | None = None) -> None:
@@ -182,12 +204,14 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(max_batch, self.config.kv_heads, max_seq, self.config.head_dim,
                                                dtype, device)
+        self.cache_valid = torch.ones(max_batch, max_seq, dtype=torch.bool, device=device)  # real cached keys
         self.max_batch = max_batch
 
     def clear_caches(self) -> None:
         """Free the KV caches (back to plain full-sequence attention)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
+        self.cache_valid = None
         self.max_batch = 0
 
     @property
@@ -197,14 +221,20 @@ class Transformer(nn.Module):
     def forward(self, h: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """h [B, T, dim] at sequence positions input_pos [T] -> normed hidden states [B, T, dim].
 
-        mask: bool, True = may attend, broadcastable to [B, 1, T, S] (S = T without caches, the
-        cache length with them). With caches and no mask, a causal mask over positions is used.
+        mask: [B, T] bool, True = a real token, False = padding that no other position may attend;
+        None = all real. Without caches, attention is within h (causal if the trunk is). With caches,
+        the mask is stored beside k/v at input_pos and attention covers every cached position so far.
         """
         if self.has_caches:
-            if mask is None and self.causal:
-                max_seq = self.layers[0].attention.kv_cache.k.shape[2]
-                mask = input_pos[:, None] >= torch.arange(max_seq, device=h.device)[None, :]  # [T, S]
+            B, S = h.shape[0], self.cache_valid.shape[1]
+            self.cache_valid[:B, input_pos] = True if mask is None else mask
+            key_pos, key_valid = torch.arange(S, device=h.device), self.cache_valid[:B]   # [S], [B, S]
+        else:
+            key_pos, key_valid = input_pos, mask
+            if mask is None and self.causal:    # the common case: leave it to SDPA's fused causal path
+                key_pos = None
+        attn_mask = None if key_pos is None else attention_mask(input_pos, key_pos, self.causal, key_valid)
         rope = self.rope[input_pos]
         for layer in self.layers:
-            h = layer(h, rope, input_pos, mask)
+            h = layer(h, rope, input_pos, attn_mask)
         return self.norm(h)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from imagelm.models.conditioning import cat_conditions
 from imagelm.sampling.logits import CFG_SCHEDULES, apply_cfg, cfg_scale_at, sample_tokens
 
 
@@ -44,15 +45,15 @@ class SamplingOptions:
 @torch.no_grad()
 def generate(model, cond: torch.Tensor, options: SamplingOptions = SamplingOptions(),
              generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Sample images' tokens: cond [B] (class ids) -> tokens [B, L, n] int64.
+    """Sample images' tokens: cond [B] (class ids) or a TextCondition (batch B) -> tokens [B, L, n] int64.
 
     The same model, cond, options and generator seed give the same tokens on the same device.
     """
     was_training = model.training
     model.eval()
-    B, L = cond.shape[0], model.config.seq_len
-    inputs = torch.cat([cond, model.null_cond(cond)]) if options.guided else cond
-    model.setup_caches(inputs.shape[0])
+    B, L = len(cond), model.config.seq_len
+    inputs = cat_conditions([cond, model.null_cond(cond)]) if options.guided else cond
+    model.setup_caches(len(inputs))
     try:
         tokens = torch.empty(B, L, model.config.num_subtokens, dtype=torch.long, device=cond.device)
         logits = model.prefill(inputs)                                        # [B or 2B, n, V]
