@@ -56,3 +56,14 @@ def test_save_load_round_trip(tmp_path):
     loaded = load_tokenizer(tmp_path)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(model.encode(x), loaded.encode(x))
+
+
+def test_evaluate_tokenizer_counts_binary_codes():
+    from imagelm.eval.recon import evaluate_tokenizer
+    model = build_tokenizer(tokenizer_config("bae-tiny", image_size=16)).eval()
+    data = [(torch.rand(3, 16, 16) * 2 - 1, 0, "") for _ in range(8)]
+    m = evaluate_tokenizer(model, data, progress=False)
+    codes = model.encode(torch.stack([d[0] for d in data]))
+    assert m["usage"] == torch.unique(code_ids(codes)).numel() / 2 ** 12
+    assert len(m["bit_balance"]) == 12
+    assert m["bit_balance"] == pytest.approx(codes.float().mean((0, 1, 2)).tolist(), abs=1e-6)

@@ -58,12 +58,14 @@ def evaluate_tokenizer(tokenizer, dataset, num_images: int | None = None, batch_
     """Reconstruct `num_images` of `dataset` (all by default) and measure the tokenizer.
 
     Returns {"psnr": mean dB over images (on uint8 pixels), "ssim": mean SSIM (uint8 pixels),
-    "usage": fraction of codebook entries used at least once, "perplexity": exp(entropy of code
-    frequencies), "images": count}, plus "rfid" (FID of reconstructions vs originals) when a
-    `feature_net` (imagelm.eval.features.FeatureNet) is given.
+    "usage": fraction of the codebook (VQ) or of the 2^D codes (BAE) used at least once,
+    "perplexity": exp(entropy of code frequencies), "images": count}, plus "rfid" (FID of
+    reconstructions vs originals) when a `feature_net` (imagelm.eval.features.FeatureNet) is given,
+    and "bit_balance" ([D] fraction of 1s per bit) for binary tokenizers.
     """
+    from imagelm.tokenizers.bae import code_ids
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
-    counts = torch.zeros(tokenizer.vocab_size, dtype=torch.long)
+    ids, bit_sums = [], None
     psnrs, ssims, originals, recons = [], [], [], []
     for start in tqdm(range(0, n, batch_size), desc="reconstruct", disable=not progress, leave=False):
         x = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))]).to(device)
@@ -72,14 +74,20 @@ def evaluate_tokenizer(tokenizer, dataset, num_images: int | None = None, batch_
         a, b = to_uint8_chw(x.float().cpu()), to_uint8_chw(recon.float().cpu())
         psnrs.append(psnr_uint8(a, b))
         ssims.append(ssim_uint8(a, b))
-        counts += torch.bincount(codes.flatten().cpu(), minlength=tokenizer.vocab_size)
+        ids.append(code_ids(codes.cpu()))
+        if codes.dim() == 4:  # binary codes [B, h, w, D]: count the 1s of each bit
+            sums = codes.reshape(-1, codes.shape[-1]).long().sum(0).cpu()
+            bit_sums = sums if bit_sums is None else bit_sums + sums
         if feature_net is not None:
             originals.append(feature_net(a.permute(0, 2, 3, 1).numpy())[0])
             recons.append(feature_net(b.permute(0, 2, 3, 1).numpy())[0])
+    counts = torch.unique(torch.cat(ids), return_counts=True)[1]  # occurrences of each code seen
     freq = counts.float() / counts.sum()
-    entropy = -(freq[freq > 0] * freq[freq > 0].log()).sum().item()
+    entropy = -(freq * freq.log()).sum().item()
     metrics = {"psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item(),
-               "usage": (counts > 0).float().mean().item(), "perplexity": math.exp(entropy), "images": n}
+               "usage": len(counts) / tokenizer.vocab_size, "perplexity": math.exp(entropy), "images": n}
+    if bit_sums is not None:
+        metrics["bit_balance"] = (bit_sums.float() / counts.sum()).tolist()
     if feature_net is not None:
         from imagelm.eval.fid import fid
         metrics["rfid"] = fid(np.concatenate(originals), np.concatenate(recons))
