@@ -194,13 +194,8 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
 
 
 def _resume(out: Path, config, model, ema, opt) -> int:
-    meta = checkpoint.read_meta(out)
-    if GPTConfig(**meta["config"]) != config:
-        raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; "
-                                         f"use a new --out or the same preset, codes and options")
-    checkpoint.load_state_strict(model, checkpoint.load_weights(out, prefer_ema=False), meta["path"])
-    checkpoint.load_state_strict(ema, checkpoint.load_weights(out, prefer_ema=True), meta["path"])
-    state = checkpoint.load_train_state(out)
+    state = loop.resume_weights(out, config, lambda meta: GPTConfig(**meta["config"]), model, ema,
+                                "use a new --out or the same preset, codes and options")
     opt.load_state_dict(state["optimizer"])
     return int(state["step"])
 

@@ -180,6 +180,21 @@ def batch_indices(step: int, num_items: int, global_batch: int, seed: int, rank:
     return torch.tensor(out[rank::world_size], dtype=torch.long)
 
 
+def resume_weights(out, config, config_from_meta, model: nn.Module, ema: nn.Module, hint: str) -> dict:
+    """Load the newest checkpoint under `out` into model and ema; return its train state (optimizer, step).
+
+    config_from_meta(meta) rebuilds the checkpoint's config; a different config than `config` is a
+    one-line CheckpointError ending with `hint`.
+    """
+    from imagelm import checkpoint
+    meta = checkpoint.read_meta(out)
+    if config_from_meta(meta) != config:
+        raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; {hint}")
+    checkpoint.load_state_strict(model, checkpoint.load_weights(out, prefer_ema=False), meta["path"])
+    checkpoint.load_state_strict(ema, checkpoint.load_weights(out, prefer_ema=True), meta["path"])
+    return checkpoint.load_train_state(out)
+
+
 def all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:
     """The mean of a scalar tensor over ranks (itself when not distributed)."""
     if not rt.distributed:

@@ -202,13 +202,8 @@ def _train_state(step: int, opt, disc, disc_opt) -> dict:
 
 
 def _resume(out: Path, config, model, ema, opt, disc, disc_opt) -> int:
-    meta = checkpoint.read_meta(out)
-    if config_from_meta(meta) != config:
-        raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; "
-                                         f"use a new --out or the same preset and options")
-    checkpoint.load_state_strict(model, checkpoint.load_weights(out, prefer_ema=False), meta["path"])
-    checkpoint.load_state_strict(ema, checkpoint.load_weights(out, prefer_ema=True), meta["path"])
-    state = checkpoint.load_train_state(out)
+    state = loop.resume_weights(out, config, config_from_meta, model, ema,
+                                "use a new --out or the same preset and options")
     opt.load_state_dict(state["optimizer"])
     if disc is not None and "discriminator" in state:
         disc.load_state_dict(state["discriminator"])
