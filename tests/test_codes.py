@@ -12,7 +12,7 @@ def test_codes_directory_matches_direct_encoding(tiny_tokenizer, tiny_codes):
     manifest = json.loads((tiny_codes / "manifest.json").read_text())
     assert manifest["tokenizer"]["kind"] == "vq"
     assert manifest["tokenizer"]["path"].startswith(str(tiny_tokenizer))
-    assert manifest["layout"] == {"grid_size": 4, "vocab_size": 512, "num_subtokens": 1}
+    assert manifest["layout"] == {"grid_size": 4, "vocab_size": 512, "num_subtokens": 1, "bits": None}
     assert manifest["num_items"] == 64 and len(manifest["shards"]) == 2  # shard_size 40 -> 2 shards
     codes = CodesDataset(tiny_codes)
     assert codes.tokens.shape == (64, 2, 16, 1)                          # [N, views (flip), L, n]
@@ -49,3 +49,11 @@ def test_missing_codes_directory_message(tmp_path):
     import pytest
     with pytest.raises(FileNotFoundError, match="extract-codes"):
         CodesDataset(tmp_path)
+
+
+def test_binary_codes_are_stored_one_bit_per_subtoken(tiny_bae_codes):
+    codes = CodesDataset(tiny_bae_codes)
+    assert codes.layout.bits == 12 and codes.layout.num_subtokens == 12 and codes.layout.vocab_size == 2
+    assert codes.tokens.dtype == np.uint8 and set(np.unique(codes.tokens)) <= {0, 1}
+    tokens, _ = codes.batch(torch.arange(4), layout=codes.layout.split(2))     # regrouped into 2-6
+    assert tokens.shape == (4, 16, 2) and tokens.max() < 64
