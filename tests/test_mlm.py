@@ -74,3 +74,22 @@ def test_sampler_respects_given_tokens_and_seed(mlm):
     again = generate_masked(mlm, torch.tensor([1]), SamplingOptions(top_k=4), 5, torch.Generator().manual_seed(1),
                             tokens=given, known=known)
     assert torch.equal(out, again)
+
+
+def test_text_conditioned_masked_generator_ignores_caption_padding():
+    from imagelm.models.conditioning import TextCondition
+    torch.manual_seed(0)
+    cfg = gpt_config("tiny-t2i", vocab_size=16, grid_size=4, cls_token_num=6, caption_dim=8)
+    model = build_generator(cfg, "mlm").eval()
+    torch.nn.init.normal_(model.output.heads[0].weight, std=0.3)
+    feats = torch.randn(1, 6, 8)
+    mask = torch.tensor([[False, False, True, True, True, True]])    # left-padded: 2 padding slots
+    other = feats.clone()
+    other[:, :2] = torch.randn(1, 2, 8)                              # change only the padding
+    tokens, hidden = torch.randint(0, 16, (1, 16)), torch.rand(1, 16) < 0.5
+    a = model(tokens, TextCondition(feats, mask), hidden)
+    b = model(tokens, TextCondition(other, mask), hidden)
+    assert torch.allclose(a, b, atol=1e-5)
+    out = generate_masked(model, TextCondition(feats, mask), SamplingOptions(cfg_scale=2.0), 3,
+                          torch.Generator().manual_seed(0))
+    assert out.shape == (1, 16, 1)

@@ -26,15 +26,17 @@ class MaskedGenerator(GeneratorBase):
         nn.init.normal_(self.mask_embedding, std=0.02)
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens [B, L, n] (or [B, L]) int64, cond [B], mask [B, L] bool (True = hidden)
-        -> logits [B, L, n, V] (or [B, L, V]). Hidden positions' token values are ignored."""
+        """tokens [B, L, n] (or [B, L]) int64, cond [B] class ids or a TextCondition, mask [B, L] bool
+        (True = hidden) -> logits [B, L, n, V] (or [B, L, V]). Hidden positions' token values are
+        ignored; padded caption positions are never attended."""
         squeeze = tokens.dim() == 2
         if squeeze:
             tokens = tokens.unsqueeze(-1)
         x = self.tok_embeddings(tokens)                                                  # [B, L, dim]
         x = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
-        h = self.token_dropout(torch.cat([self.prefix(cond), x], dim=1))                 # [B, P+L, dim]
-        h = self.trunk(h, torch.arange(h.shape[1], device=h.device))
+        prefix, prefix_mask = self.prefix_with_mask(cond)                                # [B, P, dim]
+        h = self.token_dropout(torch.cat([prefix, x], dim=1))                            # [B, P+L, dim]
+        h = self.trunk(h, torch.arange(h.shape[1], device=h.device), self.sequence_mask(prefix_mask, h.shape[1]))
         logits = self.output(h[:, self.prefix_len:]).float()                             # [B, L, n, V]
         return logits.squeeze(-2) if squeeze else logits
 

@@ -13,6 +13,7 @@ import math
 import torch
 from tqdm import tqdm
 
+from imagelm.models.conditioning import cat_conditions
 from imagelm.sampling.autoregressive import SamplingOptions
 from imagelm.sampling.logits import apply_cfg, cfg_scale_at, filter_top_k_top_p, sample_tokens
 
@@ -27,7 +28,7 @@ def generate_masked(model, cond: torch.Tensor, options: SamplingOptions = Sampli
                     generator: torch.Generator | None = None, tokens: torch.Tensor | None = None,
                     known: torch.Tensor | None = None, choice_temperature: float = 4.5,
                     progress: bool = False) -> torch.Tensor:
-    """Sample tokens [B, L, n] for cond [B] in `steps` parallel steps.
+    """Sample tokens [B, L, n] for cond (class ids [B] or a TextCondition) in `steps` parallel steps.
 
     tokens/known: optional given tokens [B, L, n] and which positions [B, L] (bool) are given; given
     positions are never changed. choice_temperature: initial scale of the Gumbel noise on confidences
@@ -37,12 +38,12 @@ def generate_masked(model, cond: torch.Tensor, options: SamplingOptions = Sampli
         raise ValueError(f"steps must be >= 1, got {steps}")
     was_training = model.training
     model.eval()
-    B, L, n = cond.shape[0], model.config.seq_len, model.config.num_subtokens
+    B, L, n = len(cond), model.config.seq_len, model.config.num_subtokens
     device = cond.device
     tokens = torch.zeros(B, L, n, dtype=torch.long, device=device) if tokens is None else tokens.clone()
     known = torch.zeros(B, L, dtype=torch.bool, device=device) if known is None else known.clone()
     to_fill = (~known).sum(1)                                                        # [B]
-    inputs = torch.cat([cond, model.null_cond(cond)]) if options.guided else cond
+    inputs = cat_conditions([cond, model.null_cond(cond)]) if options.guided else cond
     try:
         for t in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
             masked = ~known
