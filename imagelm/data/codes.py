@@ -14,7 +14,6 @@ Shards are memory-mapped when read.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from imagelm.atomic import atomic_file
 from imagelm.data import build_dataset
 from imagelm.data.transforms import ten_crop, to_tensor, to_uint8
 from imagelm.vocab import TokenLayout, convert_tokens
@@ -113,10 +113,8 @@ def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", a
         captions.extend(caps)
         write_shards(final=False)
     write_shards(final=True)
-    with open(out / "captions.jsonl.tmp", "w") as f:
-        for c in captions:
-            f.write(json.dumps({"caption": c}) + "\n")
-    os.replace(out / "captions.jsonl.tmp", out / "captions.jsonl")
+    with atomic_file(out / "captions.jsonl") as f:
+        f.write("".join(json.dumps({"caption": c}) + "\n" for c in captions).encode())
     meta = getattr(tokenizer, "meta", {})
     manifest = {
         "tokenizer": {"path": str(Path(meta["path"]).resolve()) if "path" in meta else None,
@@ -131,9 +129,8 @@ def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", a
         "shards": shards,
         "text": encoder.spec if encoder else None,
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)  # written last: a codes directory with a manifest is complete
+    with atomic_file(out / MANIFEST) as f:  # written last: a codes directory with a manifest is complete
+        f.write(json.dumps(manifest, indent=2).encode())
     if hasattr(dataset, "report") and getattr(dataset, "skipped", 0):
         print(dataset.report())
     return out / MANIFEST
@@ -197,9 +194,8 @@ class CodesDataset:
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        np.save(f, array)
 
 
 def _collate(items):

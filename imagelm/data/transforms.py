@@ -5,13 +5,13 @@ Conventions: a PIL image is RGB; a uint8 array is [H, W, 3] (or [N, H, W, 3]); a
 """
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from imagelm.atomic import atomic_file
 
 
 def center_crop_arr(pil_image, image_size):
@@ -118,14 +118,6 @@ def save_grid(images, path, nrow=8, padding=2):
     """
     path = Path(path)
     grid = make_grid(images, nrow=nrow, padding=padding)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(grid).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:
+        Image.fromarray(grid).save(f, format="PNG")
     return path

@@ -12,13 +12,13 @@ class labels `arr_1` [N].
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from imagelm.atomic import atomic_file
 
 CHUNK = 4096  # rows per chunk when accumulating statistics or distances
 
@@ -152,16 +152,8 @@ def _as_features(feats, what: str) -> np.ndarray:
 def write_npz_atomic(path, **arrays) -> Path:
     """np.savez to a temporary file beside `path`, then rename: a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
     return path
 
 
