@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from imagelm.atomic import atomic_file
 from imagelm.eval.fid import open_npz, write_npz_atomic
 from imagelm.train import loop
 
@@ -109,37 +108,26 @@ def _start_or_check(parts: Path, plan: dict) -> None:
             raise ValueError(f"{file}: a run with other settings ({', '.join(changed)}) is in progress here; "
                              f"rerun with the same settings, or remove {parts} to start over")
         return
-    parts.mkdir(parents=True, exist_ok=True)
-    tmp = parts / ".plan.json.tmp"
-    tmp.write_text(json.dumps(plan, indent=2))
-    os.replace(tmp, file)
+    with atomic_file(file) as f:
+        f.write(json.dumps(plan, indent=2).encode())
 
 
 def _assemble(parts: Path, num_chunks: int, n: int, out: Path) -> None:
     """Stream the chunk files into one .npz (arr_0, arr_1) without holding all images in memory."""
     first = open_npz(_chunk_path(parts, 0))["arr_0"]
     shape = (n,) + first.shape[1:]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.npz")
-    os.close(fd)
     labels = []
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_1_0(
-                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                        "shape": shape})
-                for c in range(num_chunks):
-                    chunk = open_npz(_chunk_path(parts, c))
-                    if chunk["arr_0"].shape[1:] != shape[1:]:
-                        raise ValueError(f"{_chunk_path(parts, c)}: images {chunk['arr_0'].shape[1:]} differ "
-                                         f"from chunk 0's {shape[1:]}; remove {parts} to start over")
-                    f.write(np.ascontiguousarray(chunk["arr_0"]).tobytes())
-                    labels.append(chunk["arr_1"])
-            with zf.open("arr_1.npy", "w") as f:
-                np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(out) as target, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                    "shape": shape})
+            for c in range(num_chunks):
+                chunk = open_npz(_chunk_path(parts, c))
+                if chunk["arr_0"].shape[1:] != shape[1:]:
+                    raise ValueError(f"{_chunk_path(parts, c)}: images {chunk['arr_0'].shape[1:]} differ "
+                                     f"from chunk 0's {shape[1:]}; remove {parts} to start over")
+                f.write(np.ascontiguousarray(chunk["arr_0"]).tobytes())
+                labels.append(chunk["arr_1"])
+        with zf.open("arr_1.npy", "w") as f:
+            np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
