@@ -18,6 +18,7 @@ from imagelm import checkpoint
 from imagelm.models import load_generator
 from imagelm.models.conditioning import TextCondition
 from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.engine import Engine
 from imagelm.sampling.masked import generate_masked
 from imagelm.tokenizers import load_tokenizer
 from imagelm.vocab import TokenLayout
@@ -69,13 +70,17 @@ def encode_prompts(generator, prompts: list[str], text_encoder=None) -> TextCond
 
 def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
            cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           seed: int = 0, steps: int = 10, progress: bool = False, text_encoder=None) -> torch.Tensor:
+           seed: int = 0, steps: int = 10, progress: bool = False, text_encoder=None,
+           engine: str = "engine", dtype: str = "auto") -> torch.Tensor:
     """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]; for a text
     generator, prompts (a string or list of B strings) or a TextCondition
-    -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device).
+    -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
+    same dtype).
 
-    AR generators decode token by token; masked (mlm) ones fill the grid in `steps` parallel steps
-    (their CFG schedule runs over the steps)."""
+    AR generators decode token by token, through the fast engine (`engine="engine"`, in `dtype`:
+    auto | float32 | bfloat16 | int8, see sampling/engine.py) or the plain reference sampler
+    (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. Masked (mlm)
+    generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps)."""
     if n < 1:
         raise ValueError(f"the number of images per condition must be >= 1, got {n}")
     device = next(generator.parameters()).device
@@ -91,7 +96,23 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
     rng = torch.Generator(device).manual_seed(seed)
     if getattr(generator, "kind", "ar") == "mlm":
         return generate_masked(generator, cond, options, steps, rng, progress=progress)
-    return generate(generator, cond, options, rng, progress=progress)
+    if engine == "plain":
+        return generate(generator, cond, options, rng, progress=progress)
+    if engine != "engine":
+        raise ValueError(f"unknown sampler {engine!r}; choose engine or plain")
+    return engine_for(generator, len(cond) * (2 if options.guided else 1), dtype).generate(
+        cond, options, seed, progress=progress)
+
+
+def engine_for(generator, rows: int, dtype: str = "auto") -> Engine:
+    """An Engine over `generator` with at least `rows` cache rows in `dtype`, kept and reused across
+    calls (so a bf16 / int8 copy of the weights is made once per generator and dtype)."""
+    engines = generator.__dict__.setdefault("_engines", {})   # lives and dies with the generator
+    current = engines.get(dtype)
+    if current is None or current.rows < rows:
+        engines.pop(dtype, None)     # free the old caches before allocating bigger ones
+        current = engines[dtype] = Engine(generator, rows=rows, dtype=dtype)
+    return current
 
 
 def linked_tokenizer(meta: dict, path=None, device: str | torch.device = "cpu", required: bool = True):

@@ -105,9 +105,11 @@ def _sample(a) -> None:
         raise ValueError(f"--n must be >= 1, got {a.n}")
     gen = imagelm.load(a.ckpt, a.device)
     classes, what = _conditions(a, gen)
+    _say_sampler(gen, a)
     tokens = imagelm.sample(gen, classes, n=a.n, cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule,
                             cfg_interval=a.cfg_interval, temperature=a.temperature, top_k=a.top_k,
-                            top_p=a.top_p, seed=a.seed, steps=a.steps, progress=True)
+                            top_p=a.top_p, seed=a.seed, steps=a.steps, progress=True, engine=a.engine,
+                            dtype=a.dtype)
     if a.tokens_out:
         np.save(a.tokens_out, tokens.cpu().numpy())
         print(f"tokens {tuple(tokens.shape)}: {a.tokens_out}")
@@ -129,11 +131,23 @@ def _sample(a) -> None:
         print(f"one PNG per image: {folder}")
 
 
+def _say_sampler(gen, a) -> None:
+    from imagelm.sampling.engine import choose_engine_dtype
+    if getattr(gen, "kind", "ar") != "ar":
+        print(f"sampler: masked parallel decoding, {a.steps} steps")
+    elif a.engine == "plain":
+        print("sampler: plain (reference), float32")
+    else:
+        dtype, why = choose_engine_dtype(next(gen.parameters()).device, a.dtype)
+        print(f"sampler: engine, {dtype} ({why})")
+
+
 def _sample_many(a) -> None:
     from imagelm.sampling.many import sample_many
     out = sample_many(a.ckpt, a.n, a.out, batch_size=a.batch_size, classes=a.classes, cfg_scale=a.cfg,
                       cfg_schedule=a.cfg_schedule, cfg_interval=a.cfg_interval, temperature=a.temperature,
-                      top_k=a.top_k, top_p=a.top_p, seed=a.seed, tokenizer=a.tokenizer, device=a.device)
+                      top_k=a.top_k, top_p=a.top_p, seed=a.seed, tokenizer=a.tokenizer, device=a.device,
+                      engine=a.engine, dtype=a.dtype)
     if out is not None:
         print(f"{a.n} samples (arr_0 uint8 [N, H, W, 3], arr_1 labels): {out}")
 
@@ -185,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     from imagelm.sampling.logits import CFG_SCHEDULES
     p = argparse.ArgumentParser(prog="imagelm", description="Image generation with language models.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def sampler_args(sp):
+        sp.add_argument("--engine", default="engine", choices=["engine", "plain"],
+                        help="AR decoding: the fast engine (default) or the plain reference sampler")
+        sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
+                        help="the engine's dtype; auto = bf16 on CUDA / native-bf16 CPUs, int8 weights on "
+                             "AVX2-only CPUs (printed)")
 
     def common(sp, seed=True):
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -283,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png")
     s.add_argument("--each", default=None, help="also write one PNG per image into this folder")
     s.add_argument("--tokens-out", default=None, help="also save the tokens [B, L, n] as .npy")
+    sampler_args(s)
     common(s)
     s.set_defaults(func=_sample)
 
@@ -300,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--top-p", type=float, default=1.0)
     sm.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one linked)")
     common(sm)
+    sampler_args(sm)
     sm.set_defaults(func=_sample_many)
 
     def feature_args(sp):

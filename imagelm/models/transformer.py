@@ -83,9 +83,10 @@ def rope_2d_table(config: GPTConfig) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, heads, head_dim] by table [T, head_dim/2, 2] (cos, sin); same shape out."""
+    """Rotate x [B, T, heads, head_dim] by table [T, head_dim/2, 2] (cos, sin), or by a table per row
+    [B, T, head_dim/2, 2] (rows at different positions, as in the sampling engine); same shape out."""
     xp = x.float().reshape(*x.shape[:-1], -1, 2)          # [B, T, H, head_dim/2, 2]
-    t = table.view(1, xp.size(1), 1, xp.size(3), 2)
+    t = table.unsqueeze(-3) if table.dim() == 4 else table.view(1, xp.size(1), 1, xp.size(3), 2)
     out = torch.stack([xp[..., 0] * t[..., 0] - xp[..., 1] * t[..., 1],
                        xp[..., 1] * t[..., 0] + xp[..., 0] * t[..., 1]], dim=-1)
     return out.flatten(3).type_as(x)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from imagelm.atomic import atomic_file
 from imagelm.eval.fid import open_npz, write_npz_atomic
+from imagelm.sampling.engine import choose_engine_dtype
 from imagelm.train import loop
 
 
@@ -36,7 +37,7 @@ def chunk_seed(seed: int, chunk: int) -> int:
 def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale: float = 2.0,
                 cfg_schedule: str = "constant", cfg_interval: int = -1, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, tokenizer=None, device: str | None = None,
-                progress: bool = True) -> Path | None:
+                progress: bool = True, engine: str = "engine", dtype: str = "auto") -> Path | None:
     """Sample n images from the generator at `ckpt` into `out` (.npz with arr_0 uint8 [n, H, W, 3],
     arr_1 labels [n]). Returns `out`, or None on ranks other than 0 / when chunks are still missing."""
     import imagelm
@@ -57,9 +58,12 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
         ids = resolve_classes(list(classes) if classes else list(range(gen.config.num_classes)),
                               gen.meta.get("class_names", []), gen.config.num_classes)
         labels = np.array([ids[i % len(ids)] for i in range(n)], dtype=np.int64)
+        if engine == "engine" and getattr(gen, "kind", "ar") == "ar":
+            # Record what auto means here: a resumed run on another machine must not switch dtypes.
+            dtype = choose_engine_dtype(rt.device, dtype)[0]
         plan = {"ckpt": gen.meta["path"], "n": n, "batch_size": batch_size, "seed": seed, "classes": ids,
                 "cfg_scale": cfg_scale, "cfg_schedule": cfg_schedule, "cfg_interval": cfg_interval,
-                "temperature": temperature, "top_k": top_k, "top_p": top_p}
+                "temperature": temperature, "top_k": top_k, "top_p": top_p, "engine": engine, "dtype": dtype}
         if rt.is_main:
             _start_or_check(parts, plan)
         loop.barrier(rt)
@@ -73,7 +77,7 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
             cond = torch.from_numpy(labels[c * batch_size:(c + 1) * batch_size])
             tokens = imagelm.sample(gen, cond, n=1, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
                                     cfg_interval=cfg_interval, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, seed=chunk_seed(seed, c))
+                                    top_p=top_p, seed=chunk_seed(seed, c), engine=engine, dtype=dtype)
             images = to_uint8(imagelm.decode_tokens(tokens, tok).float())  # [b, H, W, 3]
             write_npz_atomic(_chunk_path(parts, c), arr_0=images, arr_1=cond.numpy())
         loop.barrier(rt)

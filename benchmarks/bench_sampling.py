@@ -1,0 +1,145 @@
+"""Sampling speed: the plain sampler vs the engine vs the GEMM floor, per dtype and batch size.
+
+For each preset, dtype and batch (images, each with CFG, so twice the rows), in the same run:
+- plain:  `sampling.autoregressive.generate` on the model in that dtype (the reference sampler);
+- engine: `sampling.engine.Engine` with as many rows as the batch needs, all requests admitted at once;
+- floor:  the matrix multiplies of one decode step alone (every linear of the trunk and the output
+          heads, in that dtype, on that many rows), times the number of tokens: no implementation
+          of the step can beat it without changing the dtype.
+Reported: ms per decode step (per token of each image), images/s, the ratios engine/plain (speed-up)
+and engine/floor (distance from the limit), the KV cache's size and the process's peak RSS. Weights
+are random (speed does not depend on their values); a warm-up run is excluded from each timing.
+
+    python benchmarks/bench_sampling.py                                  # tiny and GPT-B, 1/4/16/64 images
+    python benchmarks/bench_sampling.py --preset GPT-B --batches 1 16 --dtypes float32 bfloat16
+    python benchmarks/bench_sampling.py --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+
+import torch
+import torch.nn as nn
+
+from imagelm.models import build_generator, gpt_config
+from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.engine import Engine, choose_engine_dtype, prepare_model
+
+
+def cpu_capability() -> str:
+    """The CPU's model name and its vector extensions that matter for the dtype choice."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f" {f}" in info]
+    return f"{name}; {' '.join(flags) or 'no AVX2'}; {torch.get_num_threads()} threads; torch {torch.__version__}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def linears_of_a_step(model: nn.Module) -> list[nn.Module]:
+    """Every matrix-multiply module one decode step runs, in order: the trunk's linears, the heads."""
+    found = []
+    for part in (model.trunk, model.output):
+        for module in part.modules():
+            if hasattr(module, "in_features") and not list(module.children()):
+                found.append(module)
+    return found
+
+
+@torch.no_grad()
+def gemm_floor_ms(model: nn.Module, rows: int, device: torch.device, dtype: torch.dtype, reps: int) -> float:
+    """Milliseconds of one step's matrix multiplies alone, on `rows` rows (median of `reps`)."""
+    linears = linears_of_a_step(model)
+    inputs = {m.in_features: torch.randn(rows, m.in_features, device=device, dtype=dtype) for m in linears}
+    times = []
+    for rep in range(reps + 2):
+        sync(device)
+        start = time.perf_counter()
+        for m in linears:
+            m(inputs[m.in_features])
+        sync(device)
+        if rep >= 2:                      # two warm-ups
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def time_it(fn, device: torch.device) -> float:
+    """Seconds of fn() after one warm-up call."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def random_model(preset: str, device: torch.device, grid: int | None) -> nn.Module:
+    overrides = {"grid_size": grid} if grid else {}
+    with torch.device(device):
+        model = build_generator(gpt_config(preset, **overrides)).eval()
+    for head in model.output.heads:        # zero-initialised heads would make every draw uniform
+        nn.init.normal_(head.weight, std=0.02)
+    return model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["tiny", "GPT-B"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 64], help="images (CFG doubles the rows)")
+    p.add_argument("--dtypes", nargs="+", default=None,
+                   help="float32 / bfloat16 / int8 (default: float32 plus what auto picks here)")
+    p.add_argument("--cfg", type=float, default=2.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--grid", type=int, default=None, help="override the token grid (default: the preset's)")
+    p.add_argument("--skip-plain-above", type=int, default=1_000_000,
+                   help="skip the (slow) plain sampler for batches larger than this")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--reps", type=int, default=20, help="repetitions of the GEMM floor")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    auto, why = choose_engine_dtype(device, "auto")
+    dtypes = a.dtypes or (["float32"] + ([auto] if auto != "float32" else []))
+    print(f"# device: {device} — {cpu_capability() if device.type == 'cpu' else torch.cuda.get_device_name(device)}")
+    print(f"# auto dtype here: {auto} ({why}); CFG {a.cfg}, top-k {a.top_k}; times are ms per decode step")
+    header = (f"{'preset':<7} {'dtype':<9} {'imgs':>4} {'plain ms':>9} {'engine ms':>9} {'floor ms':>9} "
+              f"{'eng/plain':>9} {'eng/floor':>9} {'img/s eng':>9} {'img/s plain':>11} {'cache MB':>8}")
+    print(header)
+    options = SamplingOptions(cfg_scale=a.cfg, top_k=a.top_k)
+    for preset in a.presets:
+        base = random_model(preset, device, a.grid)
+        L = base.config.seq_len
+        for dtype in dtypes:
+            model = prepare_model(base, dtype)        # a converted copy (base stays float32)
+            act = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+            for batch in a.batches:
+                cond = torch.arange(batch, device=device) % base.config.num_classes
+                rows = 2 * batch if options.guided else batch
+                floor = gemm_floor_ms(model, rows, device, act, a.reps)
+                engine = Engine(model, rows=rows, dtype=dtype)
+                t_engine = time_it(lambda: engine.generate(cond, options, seed=0), device)
+                plain = None
+                if batch <= a.skip_plain_above:
+                    gen = torch.Generator(device)
+                    plain = time_it(lambda: generate(model, cond, options, gen.manual_seed(0)), device)
+                cache_mb = sum(c.k.numel() * c.k.element_size() * 2 for c in engine._caches) / 2 ** 20
+                ms_engine, ms_plain = t_engine / L * 1e3, (plain / L * 1e3 if plain else float("nan"))
+                print(f"{preset:<7} {dtype:<9} {batch:>4} {ms_plain:>9.2f} {ms_engine:>9.2f} {floor:>9.2f} "
+                      f"{ms_plain / ms_engine:>8.2f}x {ms_engine / floor:>8.2f}x {batch / t_engine:>9.2f} "
+                      f"{(batch / plain if plain else float('nan')):>11.2f} {cache_mb:>8.1f}", flush=True)
+                del engine
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"# peak RSS of this process: {peak:.0f} MB"
+          + (f"; CUDA peak {torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MB" if device.type == "cuda" else ""))
+
+
+if __name__ == "__main__":
+    main()

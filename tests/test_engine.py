@@ -1,0 +1,163 @@
+"""The sampling engine: the plain sampler's tokens in float32 whatever the batching, slot reuse,
+dtype choice, and bounded logits drift in bfloat16 / int8."""
+import pytest
+import torch
+import torch.nn as nn
+
+from imagelm.models import build_generator, gpt_config
+from imagelm.models.conditioning import TextCondition
+from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.engine import Engine, EngineError, choose_engine_dtype, int8_available
+
+
+def random_model(**overrides):
+    """A tiny AR generator with non-zero heads (zero heads would make every draw uniform)."""
+    model = build_generator(gpt_config("tiny", grid_size=4, **overrides)).eval()
+    for head in model.output.heads:
+        nn.init.normal_(head.weight, std=0.5)
+    return model
+
+
+def plain(model, cond, options, seed):
+    return generate(model, cond, options, torch.Generator().manual_seed(seed))
+
+
+OPTIONS = [
+    SamplingOptions(),
+    SamplingOptions(cfg_scale=2.0),
+    SamplingOptions(cfg_scale=3.0, cfg_schedule="linear", top_k=20),
+    SamplingOptions(cfg_scale=2.0, temperature=0.9, top_p=0.8),
+    SamplingOptions(cfg_scale=1.5, top_k=50, top_p=0.9, cfg_interval=5),
+    SamplingOptions(cfg_scale=2.0, top_k=1),
+    SamplingOptions(temperature=0.0),
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"cfg{o.cfg_scale}-k{o.top_k}-p{o.top_p}-t{o.temperature}")
+def test_engine_equals_plain_sampler_whenever_admitted(options):
+    model = random_model()
+    engine = Engine(model, rows=16, dtype="float32")
+    conds = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 4, 5])]
+    requests = []
+    for seed, cond in enumerate(conds):
+        requests.append((engine.submit(cond, options, seed=seed), cond, seed))
+        engine.step()            # the next request joins a batch already decoding
+        engine.step()
+    engine.run()
+    for request, cond, seed in requests:
+        assert request.finished and request.error is None
+        assert torch.equal(request.tokens, plain(model, cond, options, seed))
+
+
+def test_mixed_options_in_one_batch_and_rows_reused():
+    model = random_model()
+    # 6 rows: the first two guided requests fill them, the others wait for freed rows.
+    engine = Engine(model, rows=6, dtype="float32")
+    jobs = [(torch.tensor([0, 1]), OPTIONS[1], 11), (torch.tensor([2]), OPTIONS[3], 12),
+            (torch.tensor([3, 3, 3]), OPTIONS[0], 13), (torch.tensor([6, 7]), OPTIONS[4], 14),
+            (torch.tensor([9]), OPTIONS[6], 15)]
+    requests = [engine.submit(c, o, seed=s) for c, o, s in jobs]
+    engine.step()
+    assert engine.rows_in_use == 6 and not requests[2].rows          # the third one waits
+    seen_rows = set()
+    while not engine.idle:
+        engine.step()
+        for r in requests:
+            seen_rows.update(r.rows)
+    assert seen_rows == set(range(6))
+    reused = set(requests[0].rows) & (set(requests[2].rows) | set(requests[3].rows) | set(requests[4].rows))
+    assert reused, "a finished request's rows were not given to a waiting one"
+    for request, (cond, options, seed) in zip(requests, jobs):
+        assert torch.equal(request.tokens, plain(model, cond, options, seed))
+
+
+def test_cancelled_request_frees_its_rows():
+    model = random_model()
+    engine = Engine(model, rows=4, dtype="float32")
+    first = engine.submit(torch.tensor([1, 2]), OPTIONS[1], seed=0)
+    second = engine.submit(torch.tensor([3]), OPTIONS[1], seed=1)
+    engine.step()
+    engine.step()
+    assert first.rows and not second.rows
+    first.cancel()
+    finished = engine.step()
+    assert first in finished and first.error == "cancelled"
+    assert second.rows                                                # admitted into the freed rows
+    engine.run()
+    assert torch.equal(second.tokens, plain(model, torch.tensor([3]), OPTIONS[1], 1))
+
+
+def test_text_conditions_with_padding_and_subtokens():
+    model = random_model(cond="text", cls_token_num=6, caption_dim=16, num_classes=0, num_subtokens=2)
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[False, False, True, True, True, True], [True] * 6, [False] * 5 + [True]])
+    cond = TextCondition(torch.randn(3, 6, 16, generator=g), mask)
+    engine = Engine(model, rows=12, dtype="float32")
+    a = engine.submit(cond[[0, 1]], OPTIONS[2], seed=3)
+    engine.step()
+    b = engine.submit(cond[[2]], OPTIONS[3], seed=4)
+    engine.run()
+    assert a.tokens.shape == (2, 16, 2)
+    assert torch.equal(a.tokens, plain(model, cond[[0, 1]], OPTIONS[2], 3))
+    assert torch.equal(b.tokens, plain(model, cond[[2]], OPTIONS[3], 4))
+
+
+def test_auto_never_picks_bf16_without_native_bf16():
+    assert choose_engine_dtype("cpu", "auto", native_bf16=False, has_int8=True)[0] == "int8"
+    assert choose_engine_dtype("cpu", "auto", native_bf16=False, has_int8=False)[0] == "float32"
+    assert choose_engine_dtype("cpu", "auto", native_bf16=True)[0] == "bfloat16"
+    assert choose_engine_dtype("cpu", "float32", native_bf16=True)[0] == "float32"
+    with pytest.raises(EngineError, match="unknown dtype"):
+        choose_engine_dtype("cpu", "fp16")
+
+
+def _first_logits(model, dtype, cond, tokens):
+    """Logits of every position of `tokens` decoded through the engine's caches, [B, L, n, V]."""
+    engine = Engine(model, rows=len(cond), dtype=dtype)
+    request = engine.submit(cond, SamplingOptions(temperature=0.0), seed=0)
+    seen = []
+    real = engine._sample_and_advance
+
+    def teacher_forced(logits):          # record the step's logits, then feed the given tokens
+        seen.append(logits[: len(cond)].clone())
+        real(logits)
+        i = request.generated - 1
+        request.tokens[:, i] = tokens[:, i]
+        engine._row_input[: len(cond)] = tokens[:, i]
+
+    engine._sample_and_advance = teacher_forced
+    engine.run()
+    return torch.stack(seen, dim=1)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("bfloat16", 0.05), ("int8", 0.05)])
+def test_low_precision_logits_stay_close(dtype, tolerance):
+    if dtype == "int8" and not int8_available():
+        pytest.skip("no int8 engine in this torch build")
+    torch.manual_seed(0)
+    model = build_generator(gpt_config("tiny", grid_size=4)).eval()   # the usual N(0, 0.02) init
+    for head in model.output.heads:
+        nn.init.normal_(head.weight, std=0.02)
+    cond = torch.tensor([1, 5])
+    tokens = torch.randint(0, model.config.vocab_size, (2, 16, 1))
+    reference = model(tokens, cond)[..., 0, :]                         # [2, 16, V] teacher-forced fp32
+    fp32 = _first_logits(model, "float32", cond, tokens)[..., 0, :]
+    assert (fp32 - reference).abs().max() < 1e-4                       # the engine's caches are exact
+    low = _first_logits(model, dtype, cond, tokens)[..., 0, :]
+    scale = reference.abs().max()
+    assert (low - reference).abs().max() < tolerance * scale
+    assert (low.argmax(-1) == reference.argmax(-1)).float().mean() > 0.8
+
+
+def test_bad_requests_are_refused():
+    model = random_model()
+    engine = Engine(model, rows=4, dtype="float32")
+    with pytest.raises(EngineError, match="needs 6 cache rows; this engine has 4"):
+        engine.submit(torch.tensor([1, 2, 3]), SamplingOptions(cfg_scale=2.0))
+    with pytest.raises(EngineError, match="class id 11 outside"):
+        engine.submit(torch.tensor([11]))
+    with pytest.raises(EngineError, match="class-conditional"):
+        engine.submit(TextCondition(torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool)))
+    mlm = build_generator(gpt_config("tiny", grid_size=4), kind="mlm")
+    with pytest.raises(EngineError, match="autoregressive"):
+        Engine(mlm)
