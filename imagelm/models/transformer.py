@@ -109,6 +109,22 @@ def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, causal: bool,
     return allowed | (query_pos[:, None] == key_pos[None, :])
 
 
+def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of one query per row (a decode step): q [B, H, 1, hd], k/v [B, H, S, hd], mask bool
+    (True = attend) or additive float, broadcastable to [B, H, 1, S], or None -> [B, H, 1, hd].
+
+    On CPU two plain matmuls beat the fused kernel here: it pays its blocking set-up for a single
+    query and copies a cache slice that is not contiguous (measured in benchmarks/bench_sampling.py).
+    The scores are softmaxed in float32 whatever the dtype.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)                             # [B, H, 1, S]
+    scores = scores.float()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return scores.softmax(-1).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
     """Multi-head (optionally grouped-query) attention with fused qkv and 2D RoPE."""
 
@@ -138,9 +154,12 @@ class Attention(nn.Module):
         if self.kv_heads != self.n_head:
             k = k.repeat_interleave(self.n_head // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
-        is_causal = self.causal and mask is None and self.kv_cache is None
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        if T == 1 and not self.training and q.device.type == "cpu":
+            y = single_query_attention(q, k, v, mask)                                    # [B, H, 1, hd]
+        else:
+            is_causal = self.causal and mask is None and self.kv_cache is None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                               dropout_p=self.attn_dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, -1)                                          # [B, T, dim]
         return self.resid_dropout(self.wo(y))
 

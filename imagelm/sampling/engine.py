@@ -198,6 +198,7 @@ class Engine:
         self._rope = rope_2d_table(config).to(self.device)                      # [max_seq, hd/2, 2]
         self._valid = torch.ones(rows, self.max_seq, dtype=torch.bool, device=self.device)  # real keys
         self._row_input = torch.zeros(rows, self.n_sub, dtype=torch.long, device=self.device)
+        self._keys = torch.arange(self.max_seq, device=self.device)
         self._row_pos = [0] * rows            # the sequence position each row feeds at its next decode
         self._free = list(range(rows))        # kept sorted: the lowest free rows are taken first
         self._waiting: deque[Request] = deque()
@@ -368,16 +369,21 @@ class Engine:
             self._row_pos[row] = P                 # token 0 will sit at position P
 
     def _decode(self) -> torch.Tensor:
-        """Feed each running row its last token at its own position -> logits [used, n_sub, V]."""
-        used = max(row for r in self._running for row in r.rows) + 1
-        pos = torch.tensor(self._row_pos[:used], device=self.device)           # [used]
-        length = int(max(self._row_pos[:used])) + 1
-        keys = torch.arange(length, device=self.device)
+        """Feed each running row its last token at its own position -> logits [used, n_sub, V].
+
+        Positions live on the device (built when the running set changes, then advanced in place),
+        so a step copies nothing from the host: on CUDA the loop never waits for the GPU."""
+        b = self._batch()
+        used = b["used"]
+        pos = b["pos"]                                                         # [used]
+        length = max(self._row_pos[:used]) + 1
+        keys = self._keys[:length]
         mask = ((keys[None, :] <= pos[:, None]) & self._valid[:used, :length]) | (keys[None, :] == pos[:, None])
         h = self.model.tok_embeddings(self._row_input[:used, None])            # [used, 1, dim]
-        self._plan.rows = torch.arange(used, device=self.device)
+        self._plan.rows = b["all_rows"]
         self._plan.positions, self._plan.read_length = pos[:, None], length
         logits = self._forward(h, self._rope[pos][:, None], mask[:, None, None, :])
+        pos += b["active"]                                                     # free rows stay at 0
         for r in self._running:
             for row in r.rows:
                 self._row_pos[row] += 1
@@ -396,28 +402,42 @@ class Engine:
         self._prefill_logits = None
         return logits
 
-    def _batch(self):
-        """Per-image index and option tensors of the running set, in request order (cached)."""
-        if self._batch_cache is None:
-            cond_rows, null_rows, guided_images, spans = [], [], [], []
-            temps, ks, ps = [], [], []
-            for r in self._running:
-                start = len(cond_rows)
-                cond_rows += r.rows[: r.n]
-                if r.options.guided:
-                    null_rows += r.rows[r.n:]
-                    guided_images += list(range(start, start + r.n))
-                spans.append((r, start, start + r.n))
-                temps += [r.options.temperature] * r.n
-                ks += [r.options.top_k] * r.n
-                ps += [r.options.top_p] * r.n
-            as_long = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)   # noqa: E731
-            self._batch_cache = dict(
-                cond_rows=as_long(cond_rows), null_rows=as_long(null_rows), guided=as_long(guided_images),
-                spans=spans, any_temperature=any(t != 1.0 for t in temps),
-                ks=as_long(ks), ps=torch.tensor(ps, device=self.device)[:, None, None],
-                any_k=any(0 < k < self.config.vocab_size for k in ks), any_p=any(p < 1 for p in ps),
-                greedy=[r.options.temperature <= 0 or r.options.top_k == 1 for r in self._running])
+    def _batch(self) -> dict:
+        """Per-row and per-image tensors of the running set, images in request order; built when the
+        set changes (admission, release), then advanced in place step by step."""
+        if self._batch_cache is not None:
+            return self._batch_cache
+        used = max(row for r in self._running for row in r.rows) + 1
+        cond_rows, null_rows, guided_images, spans, scale_rows = [], [], [], [], []
+        ks, ps, active = [], [], [False] * used
+        for r in self._running:
+            start = len(cond_rows)
+            cond_rows += r.rows[: r.n]
+            for row in r.rows:
+                active[row] = True
+            if r.options.guided:
+                null_rows += r.rows[r.n:]
+                guided_images += list(range(start, start + r.n))
+                # Column t: the guidance scale of this request's token generated + t (plain: apply_cfg).
+                o = r.options
+                row_scales = [cfg_scale_at(i, self.length, o.cfg_scale, o.cfg_schedule)
+                              if o.cfg_interval < 0 or i < o.cfg_interval else 1.0
+                              for i in range(r.generated, r.generated + self.length)]
+                scale_rows += [row_scales] * r.n
+            spans.append((r, start, start + r.n))
+            ks += [r.options.top_k] * r.n
+            ps += [r.options.top_p] * r.n
+        as_long = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)   # noqa: E731
+        kmax = max(min(k, self.config.vocab_size) for k in ks)
+        self._batch_cache = dict(
+            used=used, all_rows=torch.arange(used, device=self.device),
+            pos=as_long(self._row_pos[:used]), active=as_long(active), steps=0,
+            cond_rows=as_long(cond_rows), null_rows=as_long(null_rows), guided=as_long(guided_images),
+            scales=torch.tensor(scale_rows, device=self.device).reshape(len(guided_images), self.length),
+            spans=spans, any_temperature=any(r.options.temperature != 1.0 for r in self._running),
+            ks=as_long(ks), kmax=kmax, ps=torch.tensor(ps, device=self.device)[:, None, None],
+            any_k=any(0 < k < self.config.vocab_size for k in ks), any_p=any(p < 1 for p in ps),
+            greedy=[r.options.temperature <= 0 or r.options.top_k == 1 for r in self._running])
         return self._batch_cache
 
     def _sample_and_advance(self, logits: torch.Tensor) -> None:
@@ -425,15 +445,8 @@ class Engine:
         b = self._batch()
         x = logits[b["cond_rows"]]                                             # [I, n_sub, V]
         if len(b["guided"]):
-            # The plain sampler's apply_cfg, with each request's scale at its own token index.
-            scales = []
-            for r, _, _ in b["spans"]:
-                if r.options.guided:
-                    o, i = r.options, r.generated
-                    guide = o.cfg_interval < 0 or i < o.cfg_interval
-                    s = cfg_scale_at(i, self.length, o.cfg_scale, o.cfg_schedule) if guide else 1.0
-                    scales += [s] * r.n
-            scale = torch.tensor(scales, device=self.device)[:, None, None]
+            # The plain sampler's apply_cfg, each request at its own token index.
+            scale = b["scales"][:, b["steps"], None, None]                     # [G, 1, 1]
             cond, uncond = x[b["guided"]], logits[b["null_rows"]]
             x[b["guided"]] = uncond + scale * (cond - uncond)
         tokens = self._draw(x, b)                                              # [I, n_sub]
@@ -443,6 +456,7 @@ class Engine:
         for r, start, end in b["spans"]:
             r.tokens[:, r.generated] = tokens[start:end]
             r.generated += 1
+        b["steps"] += 1
 
     def _draw(self, x: torch.Tensor, b: dict) -> torch.Tensor:
         """x [I, n_sub, V] guided logits -> tokens [I, n_sub], as sample_tokens does per request."""
@@ -455,7 +469,7 @@ class Engine:
             V = x.shape[-1]
             ks = b["ks"].clamp(max=V)
             if b["any_k"] and not b["any_p"]:
-                top = torch.topk(x, int(ks.max()), dim=-1).values                  # [I, n_sub, kmax]
+                top = torch.topk(x, b["kmax"], dim=-1).values                       # [I, n_sub, kmax]
                 kth = top.gather(-1, (ks - 1).clamp(min=0)[:, None, None].expand(-1, x.shape[1], 1))
                 kth = torch.where((ks > 0)[:, None, None], kth, torch.full_like(kth, float("-inf")))
                 x = x.masked_fill(x < kth, float("-inf"))
