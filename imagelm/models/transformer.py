@@ -26,8 +26,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # F.rms_norm is x * rsqrt(mean(x^2) + eps) in one kernel (fewer launches per decode step).
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 class FeedForward(nn.Module):
@@ -85,11 +85,11 @@ def rope_2d_table(config: GPTConfig) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, T, heads, head_dim] by table [T, head_dim/2, 2] (cos, sin), or by a table per row
     [B, T, head_dim/2, 2] (rows at different positions, as in the sampling engine); same shape out."""
-    xp = x.float().reshape(*x.shape[:-1], -1, 2)          # [B, T, H, head_dim/2, 2]
-    t = table.unsqueeze(-3) if table.dim() == 4 else table.view(1, xp.size(1), 1, xp.size(3), 2)
-    out = torch.stack([xp[..., 0] * t[..., 0] - xp[..., 1] * t[..., 1],
-                       xp[..., 1] * t[..., 0] + xp[..., 0] * t[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
+    # A rotation of each pair (x0, x1) by (cos, sin) is one complex product: three kernels in all.
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))        # [B, T, H, head_dim/2]
+    tc = torch.view_as_complex(table.float().contiguous())                     # [(B,) T, head_dim/2]
+    tc = tc.unsqueeze(-2) if table.dim() == 4 else tc.view(1, xc.size(1), 1, xc.size(3))
+    return torch.view_as_real(xc * tc).flatten(3).type_as(x)
 
 
 def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, causal: bool,
@@ -143,11 +143,12 @@ class Attention(nn.Module):
         """x [B, T, dim], rope [T, head_dim/2, 2], input_pos [T], mask (bool, True = attend)
         broadcastable to [B, 1, T, S] or None -> [B, T, dim]."""
         B, T, _ = x.shape
-        q_size, kv_size = self.n_head * self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)   # [B, H, T, hd]
-        k = apply_rope(k.view(B, T, self.kv_heads, self.head_dim), rope).transpose(1, 2)  # [B, KV, T, hd]
-        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)                   # [B, KV, T, hd]
+        H, KV = self.n_head, self.kv_heads
+        qkv = self.wqkv(x).view(B, T, H + 2 * KV, self.head_dim)                        # heads: q, k, v
+        qk = apply_rope(qkv[:, :, :H + KV], rope)                                        # q and k at once
+        q = qk[:, :, :H].transpose(1, 2)                                                 # [B, H, T, hd]
+        k = qk[:, :, H:].transpose(1, 2)                                                 # [B, KV, T, hd]
+        v = qkv[:, :, H + KV:].transpose(1, 2)                                           # [B, KV, T, hd]
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)                                 # [B, KV, S, hd]
             k, v = k.to(q.dtype), v.to(q.dtype)
