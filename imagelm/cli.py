@@ -35,7 +35,7 @@ def _train_tokenizer(a) -> None:
 def _scale_kwargs(a) -> dict:
     """The training-at-scale options both training verbs share (see _add_scale_args)."""
     return dict(strategy=a.strategy, grad_accum=a.grad_accum, activation_checkpointing=a.activation_checkpointing,
-                compile=a.compile, log=a.log)
+                compile=a.compile, log=a.log, log_every=a.log_every)
 
 
 def _add_scale_args(sp) -> None:
@@ -49,6 +49,7 @@ def _add_scale_args(sp) -> None:
     sp.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each transformer block in backward (less memory, ~1/3 more compute)")
     sp.add_argument("--compile", action="store_true", help="torch.compile the model (per transformer block)")
+    sp.add_argument("--log-every", type=int, default=20, help="steps between log lines (loss, tokens/s, MFU, memory)")
     sp.add_argument("--log", default="stdout", choices=["stdout", "tensorboard"],
                     help="tensorboard: also write TensorBoard scalars to OUT/tensorboard (needs tensorboard)")
 

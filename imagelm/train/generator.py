@@ -55,7 +55,7 @@ class GeneratorTrainArgs:
     device: str | None = None
     seed: int = 0
     log_every: int = 20
-    preview_every: int = 500
+    preview_every: int = 500              # 0: no previews
     preview_cfg: float = 2.0
     ckpt_every: int = 500
     keep: int = 2
@@ -216,7 +216,7 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
                 bar.write(format_record(step + 1, args.steps, record))
             bar.set_postfix(loss=f"{shown:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", lr=f"{lr:.1e}")
         with meter.paused():  # previews and checkpoints are not training throughput
-            if (rt.is_main and strategy != "fsdp"
+            if (rt.is_main and strategy != "fsdp" and args.preview_every > 0
                     and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps)):
                 _write_preview(ema, meta, out / "previews" / f"step-{step + 1:07d}.png", args, rt.device)
             if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
