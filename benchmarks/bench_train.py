@@ -95,6 +95,7 @@ def main() -> None:
     args = p.parse_args()
     cores = os.cpu_count() or 1
     print(f"CPU: {cpu_model()}, {cores} cores; precision {args.precision}; warm-up {args.warmup} steps excluded")
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
@@ -108,6 +109,8 @@ def main() -> None:
                 speeds[world] = tokens_per_s(records, args.warmup)
             rows.append((preset, grid * grid, batch, steps - args.warmup, speeds[1], speeds[2]))
     print()
+    # Other jobs on a shared machine slow both columns (and the 2-thread single process most).
+    print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {cores} cores")
     print("| preset | tokens/image | global batch | timed steps | single tok/s | DDP x2 tok/s | DDP / single |")
     print("|---|---|---|---|---|---|---|")
     for preset, L, batch, timed, single, ddp in rows:

@@ -89,9 +89,10 @@ def parallelize(model: nn.Module, strategy: str, device: torch.device, *, comput
         for block in blocks:
             apply_activation_checkpointing(block)
     if compile:
-        # 2. Compile each block, not the whole model: every block reuses one graph (fast compile),
-        #    and FSDP's hooks around each block stay outside the compiled code. Models without
-        #    blocks (tokenizers) are compiled whole. nn.Module.compile keeps parameter names.
+        # 2. Compile each block, not the whole model: every block reuses one graph (fast compile)
+        #    and graph breaks elsewhere (condition embedders, heads) cost nothing. Before FSDP, as
+        #    torchtitan orders it. Models without blocks (tokenizers) are compiled whole.
+        #    nn.Module.compile keeps parameter names (no `_orig_mod.` prefix in checkpoints).
         for block in blocks or [model]:
             block.compile()
     if strategy == "single":
