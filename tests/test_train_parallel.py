@@ -95,6 +95,14 @@ def test_sharded_checkpoint_killed_mid_write_resumes_on_one_rank(single_run, fsd
     assert not list(root.glob(".tmp-*"))                             # swept by the next save
 
 
+def test_fsdp_resumes_from_a_full_checkpoint(single_run, tiny_codes, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(_ckpt(single_run, 3), _ckpt(run, 3))   # model, EMA, position-keyed optimizer state
+    _check(launch(_train_argv(tiny_codes, run, "--strategy", "fsdp", "--resume"), world_size=2))
+    np.testing.assert_allclose(_losses(run), _losses(single_run)[3:], rtol=1e-5, atol=1e-5)
+    assert checkpoint.is_sharded(_ckpt(run, 6))
+
+
 def test_export_consolidates_a_sharded_checkpoint(fsdp_run, tmp_path, capsys):
     sharded = _ckpt(fsdp_run, 3)
     assert main(["export", "consolidate", str(sharded), str(tmp_path / "plain")]) == 0
