@@ -6,19 +6,28 @@ A run directory holds its checkpoints under `checkpoints/step-NNNNNNN/`, each wi
 temporary directory and renamed into place, so a crash never leaves a half-written checkpoint
 where a reader would take it for a complete one. Any path that is a checkpoint directory, or a run
 directory containing some, can be handed to `resolve`.
+
+FSDP runs write *sharded* checkpoints instead (imagelm/train/dcp.py): `config.json` beside a
+`dcp/` folder of torch.distributed.checkpoint files (each rank's shards + `.metadata`), published by
+the same temp-dir-and-rename. `load_weights` consolidates them on the fly, so every reader (sample,
+export, resume on any number of ranks) takes either kind.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
+DCP_DIR = "dcp"            # sharded checkpoints: the torch.distributed.checkpoint folder
+TMP_PREFIX = ".tmp-step-"  # checkpoints being written; never taken for complete ones
 
 
 class CheckpointError(Exception):
@@ -26,7 +35,30 @@ class CheckpointError(Exception):
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    return (path / "config.json").is_file() and ((path / "model.safetensors").is_file() or is_sharded(path))
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether checkpoint directory `path` holds sharded (DCP) weights rather than safetensors files.
+
+    DCP writes `.metadata` last, after every rank's shard files, so its presence means complete."""
+    return (Path(path) / DCP_DIR / ".metadata").is_file()
+
+
+def crash_point(step: int) -> None:
+    """Test hook: with IMAGELM_TEST_KILL_AT_SAVE=N, the process kills itself (SIGKILL: no cleanup,
+    no `finally`) while checkpoint N is half-written, to test that a resume ignores it."""
+    if os.environ.get("IMAGELM_TEST_KILL_AT_SAVE") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sweep_temps(run_dir: str | Path) -> None:
+    """Remove temp directories that a killed run left under run_dir/checkpoints (main process only,
+    before it writes a new checkpoint)."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for old in root.glob(TMP_PREFIX + "*"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -81,30 +113,45 @@ def save(run_dir: str | Path, step: int, meta: dict, model: dict[str, torch.Tens
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:07d}-", dir=root))
+    sweep_temps(run_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{step:07d}-", dir=root))
     try:
         (tmp / "config.json").write_text(json.dumps({**meta, "step": step, "format": FORMAT_VERSION}, indent=2))
         save_file(_contiguous(model), str(tmp / "model.safetensors"))
+        crash_point(step)
         if ema is not None:
             save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        publish(tmp, final)  # re-saving the same step (e.g. after a resume) replaces it whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prune(run_dir, keep)
+    return final
+
+
+def prune(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (keep <= 0: delete none)."""
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the finished temp directory `tmp` the checkpoint `final` in one rename (replacing an
+    older `final` of the same step whole)."""
+    fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def load_weights(path: str | Path, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
     """The state dict of the checkpoint at `path` (EMA weights when present and preferred)."""
     ckpt = resolve(path)
+    if is_sharded(ckpt):
+        return load_sharded_weights(ckpt, prefer_ema)
     name = "ema.safetensors" if prefer_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
     try:
         return load_file(str(ckpt / name))
@@ -112,9 +159,43 @@ def load_weights(path: str | Path, prefer_ema: bool = True) -> dict[str, torch.T
         raise CheckpointError(f"cannot read {ckpt / name}: {e}") from None
 
 
+def has_ema(path: str | Path) -> bool:
+    """Whether the checkpoint at (or newest under) `path` holds EMA weights."""
+    ckpt = resolve(path)
+    if is_sharded(ckpt):
+        import torch.distributed.checkpoint as dcp
+        stored = dcp.FileSystemReader(str(ckpt / DCP_DIR)).read_metadata().state_dict_metadata
+        return any(k.startswith("ema.") for k in stored)
+    return (ckpt / "ema.safetensors").is_file()
+
+
+def load_sharded_weights(ckpt: Path, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The full (consolidated) model or EMA state dict of a sharded checkpoint, read in this process
+    alone from every rank's shard files (never a collective, so it works on any number of ranks,
+    inside or outside torchrun)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    folder = ckpt / DCP_DIR
+    try:
+        stored = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    except Exception as e:
+        raise CheckpointError(f"cannot read {folder}: {e}") from None
+    group = "ema" if prefer_ema and any(k.startswith("ema.") for k in stored) else "model"
+    # DCP stores the nested {"model": {...}, "ema": {...}, ...} state flattened as "model.<name>".
+    state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in stored.items()
+             if k.startswith(group + ".") and isinstance(m, TensorStorageMetadata)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
+        dcp.load(state, checkpoint_id=str(folder), no_dist=True)
+    return {k[len(group) + 1:]: v for k, v in state.items()}
+
+
 def load_train_state(path: str | Path) -> dict:
     """The resume state (optimizer, step, RNG) saved beside the weights."""
     ckpt = resolve(path)
+    if is_sharded(ckpt):
+        raise CheckpointError(f"{ckpt} is a sharded (FSDP) checkpoint: its train state is resumed through "
+                              f"imagelm.train.dcp.load_sharded")
     file = ckpt / "train_state.pt"
     if not file.is_file():
         raise CheckpointError(f"{ckpt} has no train_state.pt, so training cannot resume from it")
@@ -144,7 +225,7 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # Make the directory entries durable before the rename publishes them.
     try:
         fd = os.open(path, os.O_RDONLY)

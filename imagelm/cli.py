@@ -26,9 +26,47 @@ def _train_tokenizer(a) -> None:
                               ema_decay=a.ema_decay, perceptual_weights=a.perceptual_weights,
                               no_perceptual=a.no_perceptual, disc_start=a.disc_start, precision=a.precision,
                               device=a.device, seed=a.seed, num_workers=a.num_workers,
-                              preview_every=a.preview_every, ckpt_every=a.ckpt_every, resume=a.resume)
+                              preview_every=a.preview_every, ckpt_every=a.ckpt_every, resume=a.resume,
+                              **_scale_kwargs(a))
     ckpt = train_tokenizer(args)
     _say(f"tokenizer checkpoint: {ckpt}")
+
+
+def _scale_kwargs(a) -> dict:
+    """The training-at-scale options both training verbs share (see _add_scale_args)."""
+    return dict(strategy=a.strategy, grad_accum=a.grad_accum, activation_checkpointing=a.activation_checkpointing,
+                compile=a.compile, log=a.log, log_every=a.log_every)
+
+
+def _add_scale_args(sp) -> None:
+    """Options of training at scale, shared by `train` and `train-tokenizer`."""
+    sp.add_argument("--resume", nargs="?", const="auto", default=False, metavar="auto|CKPT",
+                    help="continue from the newest complete checkpoint in --out (auto, the default when the "
+                         "flag is given alone) or from the checkpoint CKPT")
+    sp.add_argument("--strategy", default=None, choices=["single", "ddp", "fsdp"],
+                    help="single process, DDP, or FSDP2 (generators); default: single alone, ddp under torchrun")
+    sp.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (per process)")
+    sp.add_argument("--activation-checkpointing", action="store_true",
+                    help="recompute each transformer block in backward (less memory, ~1/3 more compute)")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model (per transformer block)")
+    sp.add_argument("--log-every", type=int, default=20, help="steps between log lines (loss, tokens/s, MFU, memory)")
+    sp.add_argument("--log", default="stdout", choices=["stdout", "tensorboard"],
+                    help="tensorboard: also write TensorBoard scalars to OUT/tensorboard (needs tensorboard)")
+
+
+def _export_consolidate(a) -> None:
+    from imagelm.train.dcp import consolidate
+    out = consolidate(a.ckpt, a.out)
+    print(f"consolidated checkpoint (config.json, model.safetensors, ema.safetensors): {out}")
+
+
+def _add_export_consolidate(export_sub) -> None:
+    """`imagelm export consolidate CKPT OUT_DIR`: a sharded (FSDP) or full checkpoint -> one plain
+    checkpoint directory. Kept in its own function beside the other `export` targets."""
+    c = export_sub.add_parser("consolidate", help="write a (sharded) checkpoint as one model.safetensors checkpoint")
+    c.add_argument("ckpt", help="a run directory (its newest checkpoint) or a checkpoint directory")
+    c.add_argument("out", help="the new checkpoint directory")
+    c.set_defaults(func=_export_consolidate)
 
 
 def _reconstruct(a) -> None:
@@ -73,7 +111,8 @@ def _train(a) -> None:
                               lr=a.lr, warmup=a.warmup, lr_schedule=a.lr_schedule, ema_decay=a.ema_decay,
                               class_dropout=a.class_dropout, dropout=a.dropout, precision=a.precision,
                               device=a.device, seed=a.seed, preview_every=a.preview_every,
-                              ckpt_every=a.ckpt_every, resume=a.resume, cond=a.cond)
+                              ckpt_every=a.ckpt_every, resume=a.resume, cond=a.cond,
+                              workers=a.num_workers, peak_tflops=a.peak_tflops, **_scale_kwargs(a))
     ckpt = train_generator(args)
     _say(f"generator checkpoint: {ckpt}")
 
@@ -226,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-perceptual", action="store_true", help="train without the perceptual loss")
     t.add_argument("--disc-start", type=int, default=None, help="step at which the adversarial loss starts")
     t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    t.add_argument("--num-workers", type=int, default=2)
+    t.add_argument("--num-workers", "--workers", type=int, default=2, help="dataloader workers (image folders)")
     t.add_argument("--preview-every", type=int, default=200)
     t.add_argument("--ckpt-every", type=int, default=200)
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_scale_args(t)
     common(t)
     t.set_defaults(func=_train_tokenizer)
 
@@ -280,7 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     tr.add_argument("--preview-every", type=int, default=500)
     tr.add_argument("--ckpt-every", type=int, default=500)
-    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--num-workers", "--workers", type=int, default=0,
+                    help="dataloader worker processes reading the code shards")
+    tr.add_argument("--peak-tflops", type=float, default=None,
+                    help="one device's peak TFLOPS for the MFU estimate (default: a known GPU's bf16 peak)")
+    _add_scale_args(tr)
     tr.add_argument("--cond", default=None, choices=["class", "text"],
                     help="condition on class ids or on the codes' caption features (default: the preset's)")
     common(tr)
@@ -372,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     st.add_argument("--seed", type=int, default=0)
     st.set_defaults(func=_study)
+
+    ex = sub.add_parser("export", help="export a checkpoint to another layout")
+    ex_sub = ex.add_subparsers(dest="target", required=True, metavar="TARGET")
+    _add_export_consolidate(ex_sub)
     return p
 
 

@@ -80,3 +80,17 @@ def test_cli_sample_many(tiny_generator, tmp_path, capsys):
     assert images.shape == (3, 16, 16, 3) and labels.tolist() == [1, 1, 1]
     assert main(["sample-many", "--ckpt", str(tiny_generator), "--n", "0", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--n must be >= 1" in capsys.readouterr().err
+
+
+def test_two_gloo_ranks_give_each_index_once_and_the_one_rank_file(reference, tiny_generator, tmp_path):
+    from distributed import launch
+    out = tmp_path / "s.npz"
+    results = launch(["sample-many", "--ckpt", str(tiny_generator), "--n", "5", "--batch-size", "2", "--cfg", "2.0",
+                      "--top-k", "20", "--seed", "3", "--device", "cpu", "--out", str(out)], world_size=2)
+    assert [r.returncode for r in results] == [0, 0], results[0].stderr[-2000:]
+    assert "2 to sample on this process (of 2)" in results[0].stdout   # chunks 0, 2 on rank 0; 1 on rank 1
+    images, labels = load_images_npz(out)
+    assert images.shape[0] == 5 and labels.tolist() == [0, 1, 2, 3, 4]  # every index once, in order
+    assert np.array_equal(images, reference[0]) and np.array_equal(labels, reference[1])
+    assert len({im.tobytes() for im in images}) == 5                    # no chunk written twice
+    assert not (tmp_path / "s.npz.parts").exists()

@@ -48,3 +48,18 @@ def test_checkpoint_describes_itself(tiny_tokenizer):
 def test_perceptual_preset_without_weights_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--no-perceptual"):
         train_tokenizer(TokenizerTrainArgs(out=str(tmp_path), preset="VQ-16", steps=1, device="cpu"))
+
+
+def test_ddp_with_grad_accumulation_on_two_gloo_ranks(tmp_path):
+    import json
+
+    from distributed import launch
+    out = tmp_path / "ddp"
+    results = launch(["train-tokenizer", "--data", "shapes", "--preset", "vq-tiny", "--image-size", "16",
+                      "--data-length", "64", "--steps", "2", "--batch-size", "8", "--grad-accum", "2",
+                      "--log-every", "1", "--precision", "fp32", "--device", "cpu", "--out", str(out)], world_size=2)
+    assert [r.returncode for r in results] == [0, 0], results[0].stderr[-2000:]
+    assert "img/s" in results[0].stdout and "max of 2" in results[0].stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] > 0 for r in records)
+    assert checkpoint.read_meta(out)["train_args"]["grad_accum"] == 2

@@ -149,16 +149,16 @@ class CodesDataset:
         self.manifest = json.loads(path.read_text())
         self.layout = TokenLayout.from_dict(self.manifest["layout"])
         self.class_names = self.manifest.get("class_names", [])
-        parts = [np.load(root / s["tokens"], mmap_mode="r") for s in self.manifest["shards"]]
-        self.tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        self.labels = np.concatenate([np.load(root / s["labels"]) for s in self.manifest["shards"]])
+        shards = self.manifest["shards"]
+        # Shards stay memory-mapped (never concatenated): only the rows a batch asks for are read.
+        self.tokens = ShardedRows([root / s["tokens"] for s in shards])                 # [N, A, L, n]
+        self.labels = np.concatenate([np.load(root / s["labels"]) for s in shards])
         if len(self.tokens) != len(self.labels):
             raise ValueError(f"{root}: {len(self.tokens)} token rows but {len(self.labels)} labels")
         self.text = self.manifest.get("text")     # the text encoder's spec, when caption features are stored
         if self.text:
-            feats = [np.load(root / s["text_features"], mmap_mode="r") for s in self.manifest["shards"]]
-            self.text_features = feats[0] if len(feats) == 1 else np.concatenate(feats)   # [N, T, C] float16
-            self.text_mask = np.concatenate([np.load(root / s["text_mask"]) for s in self.manifest["shards"]])
+            self.text_features = ShardedRows([root / s["text_features"] for s in shards])   # [N, T, C] float16
+            self.text_mask = np.concatenate([np.load(root / s["text_mask"]) for s in shards])
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -168,20 +168,26 @@ class CodesDataset:
         return len(self.class_names) or int(self.labels.max()) + 1
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator | None = None,
-              layout: TokenLayout | None = None):
-        """(tokens int64 [B, L, n], labels int64 [B]); one augmented view per item, drawn from generator.
+              layout: TokenLayout | None = None, views: torch.Tensor | None = None):
+        """(tokens int64 [B, L, n], labels int64 [B]); one augmented view per item.
 
+        views: [B] the view of each item; default: drawn from generator.
         layout: regroup binary codes into this n-m split (default: the stored one)."""
         idx = indices.numpy()
-        views = self.tokens.shape[1]
-        pick = (torch.randint(views, (len(idx),), generator=generator).numpy() if views > 1
-                else np.zeros(len(idx), dtype=np.int64))
-        rows = np.stack([self.tokens[i, v] for i, v in zip(idx, pick)])
+        if views is None:
+            views = self.draw_views(len(idx), generator)
+        rows = self.tokens.take(idx, views.numpy())                                    # [B, L, n]
         tokens = torch.from_numpy(rows.astype(np.int64))
         if layout is not None:
             tokens = convert_tokens(tokens, self.layout, layout)
         return tokens, torch.from_numpy(self.labels[idx].astype(np.int64))
 
+    def draw_views(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Which augmented view to use for each of `count` items: int64 [count] (zeros when there is one)."""
+        num_views = self.tokens.shape[1]
+        if num_views == 1:
+            return torch.zeros(count, dtype=torch.long)
+        return torch.randint(num_views, (count,), generator=generator)
 
     def text_batch(self, indices: torch.Tensor):
         """Caption features of items indices [B] -> TextCondition(features float32 [B, T, C], mask bool [B, T])."""
@@ -189,8 +195,59 @@ class CodesDataset:
         if not self.text:
             raise ValueError(f"{self.root} has no caption features; extract the codes again with --captions")
         idx = indices.numpy()
-        return TextCondition(torch.from_numpy(self.text_features[idx].astype(np.float32)),
+        return TextCondition(torch.from_numpy(self.text_features.take(idx).astype(np.float32)),
                              torch.from_numpy(self.text_mask[idx]))
+
+
+class ShardedRows:
+    """Rows of several .npy shards, read as one array [N, ...] without concatenating them.
+
+    Each shard is memory-mapped on first use in each process (DataLoader workers open their own
+    maps; pickling sends paths, not data), so a data set larger than memory trains fine.
+    """
+
+    def __init__(self, paths: list[Path]):
+        self.paths = [Path(p) for p in paths]
+        self._maps: list[np.ndarray] | None = None
+        heads = self._open()
+        self.shape = (sum(len(a) for a in heads),) + heads[0].shape[1:]
+        self.starts = np.cumsum([0] + [len(a) for a in heads])          # [shards + 1] first row of each
+
+    def _open(self) -> list[np.ndarray]:
+        if self._maps is None:
+            self._maps = [np.load(p, mmap_mode="r") for p in self.paths]
+        return self._maps
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._open()[0].dtype
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The whole array, read into memory (for inspection; training reads rows with `take`)."""
+        whole = np.concatenate(self._open())
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """numpy-style indexing whose first index picks rows: x[rows, ...]."""
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        rows = np.arange(len(self))[first]
+        out = self.take(np.atleast_1d(rows))[(slice(None),) + rest]
+        return out[0] if np.ndim(rows) == 0 else out
+
+    def take(self, rows: np.ndarray, second: np.ndarray | None = None) -> np.ndarray:
+        """Rows [B] (and, when given, index `second` [B] into each row's first axis) -> [B, ...]."""
+        maps = self._open()
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        local = rows - self.starts[shard]
+        if second is None:
+            return np.stack([maps[s][i] for s, i in zip(shard, local)])
+        return np.stack([maps[s][i, v] for s, i, v in zip(shard, local, second)])
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:

@@ -1,7 +1,12 @@
 """Generator training on extracted codes: next-token cross-entropy with condition dropout.
 
-Run with `imagelm train` (or under `torchrun` for DDP). The loop reads only the codes directory;
-the tokenizer is used for nothing but the periodic preview grid, when its checkpoint is present.
+Run with `imagelm train`, or under `torchrun` for DDP or FSDP (`--strategy`, see
+imagelm/train/parallel.py). The loop reads only the codes directory; the tokenizer is used for
+nothing but the periodic preview grid, when its checkpoint is present.
+
+One flat loop: set up, build plain, parallelize, maybe resume, then step: this rank's share of the
+global batch -> micro-batches (forward, backward; gradients synchronised on the last) -> clip ->
+step -> EMA -> log / preview / checkpoint.
 """
 from __future__ import annotations
 
@@ -13,14 +18,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from imagelm import checkpoint
 from imagelm.data.codes import CodesDataset
+from imagelm.data.sampler import code_batch_loader
 from imagelm.models import GPTConfig, build_generator, gpt_config
 from imagelm.models.mlm import random_training_mask
-from imagelm.train import loop
+from imagelm.train import dcp, loop, parallel
+from imagelm.train.throughput import MetricsLog, Throughput, format_record, memory_per_rank, model_flops_per_token, peak_flops
 from imagelm.vocab import TokenLayout
 
 
@@ -49,12 +55,20 @@ class GeneratorTrainArgs:
     device: str | None = None
     seed: int = 0
     log_every: int = 20
-    preview_every: int = 500
+    preview_every: int = 500              # 0: no previews
     preview_cfg: float = 2.0
     ckpt_every: int = 500
     keep: int = 2
-    resume: bool = False
+    resume: bool | str = False          # True/"auto": the newest complete checkpoint in out; or a path
     progress: bool = True
+    # Scale (imagelm/train/parallel.py): None = single alone, ddp under torchrun.
+    strategy: str | None = None         # "single", "ddp" or "fsdp"
+    grad_accum: int = 1                 # micro-batches per optimizer step (per rank)
+    activation_checkpointing: bool = False
+    compile: bool = False
+    workers: int = 0                    # DataLoader worker processes reading the code shards
+    peak_tflops: float | None = None    # one device's peak, for MFU (default: a known GPU's bf16 peak)
+    log: str = "stdout"                 # "stdout" or "tensorboard" (also stdout)
 
 
 def default_subtokens(layout: TokenLayout) -> int:
@@ -121,83 +135,134 @@ def train_generator(args: GeneratorTrainArgs) -> Path:
 
 def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
     out = Path(args.out)
+    strategy = parallel.resolve_strategy(args.strategy, rt.world_size)
+    metrics = MetricsLog(out, rt.is_main, args.log)  # fails early when tensorboard is missing
     codes = CodesDataset(args.codes)
     layout = train_layout(args, codes)
     config = model_config(args, codes)
     if args.batch_size % rt.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {rt.world_size} ranks")
+    micro = parallel.split_micro(args.batch_size // rt.world_size, args.grad_accum)
     dtype = loop.choose_autocast_dtype(rt.device, args.precision)
     rt.print(loop.describe_precision(rt.device, dtype, args.precision))
 
     torch.manual_seed(args.seed)
     model = build_generator(config, args.kind).to(rt.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = loop.build_optimizer(model, args.lr, args.weight_decay, args.betas)
-    start_step = 0
-    if args.resume and checkpoint.list_checkpoints(out):
-        start_step = _resume(out, config, model, ema, opt)
-        rt.print(f"resumed from {checkpoint.resolve(out)} at step {start_step}")
-    elif args.resume:
-        rt.print(f"--resume: no checkpoint in {out} yet, starting fresh")
-    ddp_model = DDP(model) if rt.distributed else model
+    optimizer_params = loop.optimizer_param_names(model)
+    flops_per_token = model_flops_per_token(model)
+    # Built plain above; now checkpointing, compile and DDP/FSDP, in parallelize's fixed order.
+    train_model = parallel.parallelize(model, strategy, rt.device, compute_dtype=dtype,
+                                       activation_checkpointing=args.activation_checkpointing, compile=args.compile)
+    ema = parallel.shard_like(ema, strategy)
+    autocast_dtype = None if strategy == "fsdp" else dtype  # FSDP2's policy casts the parameters instead
+    opt = loop.build_optimizer(model, args.lr, args.weight_decay, args.betas)  # after sharding: DTensor params
+    start_step = _resume(args, out, config, model, ema, opt, strategy, optimizer_params, rt)
     meta = {"kind": args.kind, "config": config.to_dict(), "preset": args.preset,
             "tokenizer": codes.manifest["tokenizer"], "layout": layout.to_dict(),
             "class_names": codes.class_names, "codes": str(Path(args.codes).resolve()),
             "text_encoder": codes.text if config.cond == "text" else None,
             "train_args": dataclasses.asdict(args)}
 
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in ema.parameters()) if strategy != "fsdp" else config_params(config, args.kind)
     rt.print(f"generator {args.preset} ({args.kind}): {n_params / 1e6:.2f}M params, {len(codes)} images x "
              f"{config.seq_len} tokens, vocab {config.vocab_size}, {config.num_classes} classes")
-    tokens_per_step = args.batch_size * config.seq_len * config.num_subtokens
+    rt.print(f"strategy {strategy} on {rt.world_size} process(es): batch {args.batch_size} = {rt.world_size} x "
+             f"{len(micro)} x {args.batch_size // rt.world_size // len(micro)}"
+             + (", activation checkpointing" if args.activation_checkpointing else "")
+             + (", compiled" if args.compile else ""))
+    if strategy == "fsdp":
+        rt.print("FSDP: checkpoints are sharded (torch.distributed.checkpoint); previews are off (the EMA is sharded)")
+    batches = iter(code_batch_loader(codes, layout, args.batch_size, args.seed, rt.rank, rt.world_size, start_step,
+                                     args.steps, text=config.cond == "text", workers=args.workers,
+                                     pin_memory=rt.device.type == "cuda"))
+    # Tokens are sequence positions: an image is L of them (its n sub-tokens are one position).
+    meter = Throughput(rt.device, args.batch_size * config.seq_len, flops_per_token,
+                       peak_flops(rt.device, dtype, args.peak_tflops), rt.world_size)
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train",
                disable=not (args.progress and rt.is_main), dynamic_ncols=True)
-    t0, t_log, final = time.time(), time.time(), None
+    t0, final = time.time(), None
     for step in bar:
         loop.seed_step(args.seed, step, rt.rank)
-        idx = loop.batch_indices(step, len(codes), args.batch_size, args.seed, rt.rank, rt.world_size)
-        tokens, labels = codes.batch(idx, torch.Generator().manual_seed(args.seed * 31 + step * 7 + rt.rank), layout)
-        tokens, labels = tokens.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
-        cond = labels if config.cond == "class" else codes.text_batch(idx).to(rt.device)   # ids or captions
+        tokens, labels, text = next(batches)                      # this rank's share: [B/W, L, n], [B/W]
+        conds = labels if config.cond == "class" else text        # class ids or captions
         lr = loop.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
 
-        model.train()
-        with loop.autocast(rt.device, dtype):
-            loss = generator_loss(args.kind, ddp_model, tokens, cond)
+        train_model.train()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        loss_sum = torch.zeros((), device=rt.device)
+        for i, part in enumerate(micro):
+            tok = tokens[part].to(rt.device, non_blocking=True)  # [B/W/accum, L, n]
+            cond = conds[part].to(rt.device)
+            # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) only on the last micro-batch.
+            with parallel.grad_sync(train_model, strategy, sync=i == len(micro) - 1):
+                with loop.autocast(rt.device, autocast_dtype):
+                    loss = generator_loss(args.kind, train_model, tok, cond) / len(micro)
+                loss.backward()
+            loss_sum += loss.detach()
+        parallel.clip_grad_norm(model, args.grad_clip)
         opt.step()
         loop.ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+        meter.step()
 
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            shown = loop.all_reduce_mean(loss.detach().float(), rt).item()
-            now = time.time()
-            steps_done = min(args.log_every, step + 1 - start_step)
-            speed = steps_done * tokens_per_step / max(1e-9, now - t_log)
-            t_log = now
-            bar.set_postfix(loss=f"{shown:.4f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.1e}")
-        if rt.is_main and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps):
-            _write_preview(ema, meta, out / "previews" / f"step-{step + 1:07d}.png", args, rt.device)
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            shown = loop.all_reduce_mean(loss_sum.float(), rt).item()
+            record = {"loss": shown, "lr": lr, **meter.read(),
+                      "mem_per_rank": memory_per_rank(rt.device, rt.world_size)}
+            metrics.write(step + 1, record)
             if rt.is_main:
-                final = checkpoint.save(out, step + 1, meta, model.state_dict(), ema.state_dict(),
-                                        {"step": step + 1, "optimizer": opt.state_dict()}, keep=args.keep)
-            loop.barrier(rt)
+                bar.write(format_record(step + 1, args.steps, record))
+            bar.set_postfix(loss=f"{shown:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", lr=f"{lr:.1e}")
+        with meter.paused():  # previews and checkpoints are not training throughput
+            if (rt.is_main and strategy != "fsdp" and args.preview_every > 0
+                    and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps)):
+                _write_preview(ema, meta, out / "previews" / f"step-{step + 1:07d}.png", args, rt.device)
+            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+                if strategy == "fsdp":
+                    final = dcp.save_sharded(out, step + 1, meta, model, ema, opt, rt.rank, rt.world_size, args.keep)
+                else:
+                    if rt.is_main:
+                        final = checkpoint.save(out, step + 1, meta, model.state_dict(), ema.state_dict(),
+                                                {"step": step + 1, "optimizer": opt.state_dict()}, keep=args.keep)
+                    loop.barrier(rt)
     bar.close()
+    metrics.close()
     if args.steps <= start_step:
         rt.print(f"already trained to step {start_step} (of {args.steps}); nothing to do")
     rt.print(f"trained {args.steps - start_step} steps in {time.time() - t0:.0f}s -> {out}")
     return final or checkpoint.resolve(out)
 
 
-def _resume(out: Path, config, model, ema, opt) -> int:
-    state = loop.resume_weights(out, config, lambda meta: GPTConfig(**meta["config"]), model, ema,
-                                "use a new --out or the same preset, codes and options")
-    opt.load_state_dict(state["optimizer"])
-    return int(state["step"])
+def config_params(config: GPTConfig, kind: str) -> int:
+    """Parameter count of a generator with `config`, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_generator(config, kind).parameters())
+
+
+def _resume(args: GeneratorTrainArgs, out: Path, config, model, ema, opt, strategy: str,
+            optimizer_params: list[str], rt: loop.Runtime) -> int:
+    """Load the checkpoint --resume names into model, ema and opt (however they are distributed);
+    return the step to continue from (0: start fresh)."""
+    ckpt = loop.resume_checkpoint(args.resume, out)
+    if ckpt is None:
+        if args.resume:
+            rt.print(f"--resume: no checkpoint in {out} yet, starting fresh")
+        return 0
+    hint = "use a new --out or the same preset, codes and options"
+    if checkpoint.is_sharded(ckpt):      # saved by FSDP on any number of ranks
+        loop.check_config(ckpt, config, lambda meta: GPTConfig(**meta["config"]), hint)
+        step = dcp.load_sharded(ckpt, model, ema, opt)
+    elif strategy == "fsdp":             # a full checkpoint, sharded as it loads
+        loop.check_config(ckpt, config, lambda meta: GPTConfig(**meta["config"]), hint)
+        step = dcp.load_full_into_sharded(ckpt, model, ema, opt, optimizer_params)
+    else:
+        state = loop.resume_weights(ckpt, config, lambda meta: GPTConfig(**meta["config"]), model, ema, hint)
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    rt.print(f"resumed from {ckpt} at step {step}")
+    return step
 
 
 def _write_preview(model, meta: dict, path: Path, args: GeneratorTrainArgs, device) -> None:

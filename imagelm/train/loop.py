@@ -12,10 +12,13 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from imagelm.data.sampler import batch_indices  # noqa: F401  (re-exported: the loops' batch order)
 
 
 @dataclass
@@ -140,11 +143,20 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int, schedule: str = "c
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers are copied)."""
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers are copied).
+
+    Under FSDP both are sharded the same way (DTensors with equal placements), so each rank
+    updates only its own shard, in place: the EMA is never gathered.
+    """
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+        _local(e).lerp_(_local(p).detach().to(e.dtype), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a plain tensor is its own)."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -159,38 +171,44 @@ def seed_step(seed: int, step: int, rank: int = 0) -> None:
     torch.manual_seed((seed * 1_000_003 + step) * 4099 + rank)
 
 
-def batch_indices(step: int, num_items: int, global_batch: int, seed: int, rank: int = 0,
-                  world_size: int = 1) -> torch.Tensor:
-    """Dataset indices of this rank's share of global batch `step`: [global_batch // world_size].
-
-    Epoch e is a permutation seeded by (seed, e); batches walk through the concatenation of epochs,
-    wrapping across epoch boundaries, so the stream depends only on (seed, step) — not on when
-    training was interrupted. Ranks take disjoint strided slices of each global batch.
-    """
-    if num_items <= 0:
-        raise ValueError("the dataset is empty")
-    start = step * global_batch
-    out = []
-    while len(out) < global_batch:
-        epoch, offset = divmod(start + len(out), num_items)
-        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        out.extend(perm[offset: offset + global_batch - len(out)].tolist())
-    return torch.tensor(out[rank::world_size], dtype=torch.long)
+def optimizer_param_names(model: nn.Module) -> list[str]:
+    """Parameter names in the order `build_optimizer` indexes them (its state dict is keyed by position)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
 
 
-def resume_weights(out, config, config_from_meta, model: nn.Module, ema: nn.Module, hint: str) -> dict:
-    """Load the newest checkpoint under `out` into model and ema; return its train state (optimizer, step).
+def resume_checkpoint(resume, out) -> Path | None:
+    """The checkpoint that --resume names: False/None -> None; True or "auto" -> the newest complete
+    checkpoint under the run directory `out` (None when there is none yet; half-written ones are
+    never taken); any other string -> that checkpoint or run directory (it must exist)."""
+    from imagelm import checkpoint
+    if resume in (None, False, "", "no"):
+        return None
+    if resume in (True, "auto"):
+        found = checkpoint.list_checkpoints(out)
+        return found[-1] if found else None
+    return checkpoint.resolve(resume)
+
+
+def resume_weights(ckpt, config, config_from_meta, model: nn.Module, ema: nn.Module, hint: str) -> dict:
+    """Load full checkpoint `ckpt` into model and ema; return its train state (optimizer, step).
 
     config_from_meta(meta) rebuilds the checkpoint's config; a different config than `config` is a
     one-line CheckpointError ending with `hint`.
     """
     from imagelm import checkpoint
-    meta = checkpoint.read_meta(out)
+    check_config(ckpt, config, config_from_meta, hint)
+    checkpoint.load_state_strict(model, checkpoint.load_weights(ckpt, prefer_ema=False), str(ckpt))
+    checkpoint.load_state_strict(ema, checkpoint.load_weights(ckpt, prefer_ema=True), str(ckpt))
+    return checkpoint.load_train_state(ckpt)
+
+
+def check_config(ckpt, config, config_from_meta, hint: str) -> None:
+    """A one-line CheckpointError unless checkpoint `ckpt` was trained with `config`."""
+    from imagelm import checkpoint
+    meta = checkpoint.read_meta(ckpt)
     if config_from_meta(meta) != config:
         raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; {hint}")
-    checkpoint.load_state_strict(model, checkpoint.load_weights(out, prefer_ema=False), meta["path"])
-    checkpoint.load_state_strict(ema, checkpoint.load_weights(out, prefer_ema=True), meta["path"])
-    return checkpoint.load_train_state(out)
 
 
 def all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:

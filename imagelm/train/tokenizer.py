@@ -1,8 +1,8 @@
 """Tokenizer training: reconstruction + codebook/commitment (+ perceptual, + PatchGAN) losses.
 
 Run with `imagelm train-tokenizer` (or under `torchrun` for DDP). One flat loop, top to bottom:
-set up, build, maybe resume, then step: batch -> forward -> losses -> backward -> clip -> step
--> EMA -> (discriminator step) -> log / preview / checkpoint.
+set up, build, maybe resume, then step: batch -> micro-batches (forward -> losses -> backward)
+-> clip -> step -> EMA -> (discriminator step, micro-batched alike) -> log / preview / checkpoint.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from imagelm import checkpoint
@@ -24,7 +23,8 @@ from imagelm.tokenizers import build_tokenizer, config_from_meta, tokenizer_conf
 from imagelm.tokenizers.bae import code_ids
 from imagelm.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_weight,
                                        generator_adv_loss, hinge_d_loss, reconstruction_loss)
-from imagelm.train import loop
+from imagelm.train import loop, parallel
+from imagelm.train.throughput import MetricsLog, Throughput, format_record, memory_per_rank
 
 
 @dataclass
@@ -56,8 +56,13 @@ class TokenizerTrainArgs:
     preview_every: int = 200
     ckpt_every: int = 200
     keep: int = 2
-    resume: bool = False
+    resume: bool | str = False          # True/"auto": the newest complete checkpoint in out; or a path
     progress: bool = True
+    strategy: str | None = None         # "single" or "ddp" (default: ddp under torchrun)
+    grad_accum: int = 1                 # micro-batches per optimizer step (per rank)
+    activation_checkpointing: bool = False  # generators only (transformer blocks); an error here
+    compile: bool = False
+    log: str = "stdout"                 # "stdout" or "tensorboard"
 
 
 def train_tokenizer(args: TokenizerTrainArgs) -> Path:
@@ -79,6 +84,14 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
         config = dataclasses.replace(config, perceptual_weight=0.0)
     if args.batch_size % rt.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {rt.world_size} ranks")
+    strategy = parallel.resolve_strategy(args.strategy, rt.world_size)
+    if strategy == "fsdp":
+        raise ValueError("--strategy fsdp shards transformer blocks: use it for `imagelm train`; "
+                         "tokenizers train with ddp")
+    if args.activation_checkpointing:
+        raise ValueError("--activation-checkpointing recomputes transformer blocks: it is for `imagelm train`")
+    micro = parallel.split_micro(args.batch_size // rt.world_size, args.grad_accum)
+    metrics = MetricsLog(out, rt.is_main, args.log)
     if config.perceptual_weight > 0 and not args.perceptual_weights:
         raise ValueError(f"preset {args.preset} uses a perceptual loss: pass --perceptual-weights VGG16_FILE "
                          f"(a local vgg16 state dict), or --no-perceptual to train without it")
@@ -98,15 +111,10 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
     disc = PatchDiscriminator().to(rt.device) if use_disc else None
     disc_opt = loop.build_optimizer(disc, args.disc_lr or args.lr, args.weight_decay) if use_disc else None
 
-    start_step = 0
-    if args.resume and checkpoint.list_checkpoints(out):
-        start_step = _resume(out, config, model, ema, opt, disc, disc_opt)
-        rt.print(f"resumed from {checkpoint.resolve(out)} at step {start_step}")
-    elif args.resume:
-        rt.print(f"--resume: no checkpoint in {out} yet, starting fresh")
+    ddp_model = parallel.parallelize(model, strategy, rt.device, compile=args.compile)
+    ddp_disc = parallel.parallelize(disc, strategy, rt.device) if use_disc else None
+    start_step = _resume(args, out, config, model, ema, opt, disc, disc_opt, rt)
 
-    ddp_model = DDP(model) if rt.distributed else model
-    ddp_disc = DDP(disc) if (rt.distributed and use_disc) else disc
     meta = {"kind": config.kind, "config": config.to_dict(), "preset": args.preset,
             "data": {"name": args.data, "image_size": config.image_size},
             "class_names": list(getattr(dataset, "class_names", [])),
@@ -126,61 +134,83 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
     seen = []  # code ids of the batches since the last log line, for the usage figure
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="train-tokenizer",
                disable=not (args.progress and rt.is_main), dynamic_ncols=True)
+    meter = Throughput(rt.device, args.batch_size)   # images/s (no FLOPs estimate for conv nets: MFU n/a)
     t0, final = time.time(), None
     for step in bar:
         loop.seed_step(args.seed, step, rt.rank)
         x = next_batch(step)
         if args.flip:
             x = random_hflip(x, torch.Generator().manual_seed(args.seed * 31 + step * 7 + rt.rank))
-        x = x.to(rt.device, non_blocking=True)
+        x = x.to(rt.device, non_blocking=True)                                   # [B/W, 3, H, W]
         lr = loop.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
 
         model.train()
-        with loop.autocast(rt.device, dtype):
-            recon, codes, vq_losses = ddp_model(x)
-            rec = reconstruction_loss(recon, x, config.l1_weight, config.l2_weight)
-            if perceptual is not None:
-                rec = rec + config.perceptual_weight * perceptual(recon.float(), x)
-            loss = rec + sum(vq_losses.values())
-            adv_on = use_disc and step >= config.disc_start
-            if adv_on:
-                g_adv = generator_adv_loss(ddp_disc(recon))
-                weight = adaptive_weight(rec, g_adv, model.decoder.last_layer) * config.disc_weight
-                loss = loss + weight * g_adv
+        adv_on = use_disc and step >= config.disc_start
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        loss_sum, recons = torch.zeros((), device=rt.device), []
+        for i, part in enumerate(micro):
+            xb, last = x[part], i == len(micro) - 1
+            # Gradients (the tokenizer's, and the discriminator's through the adversarial term) are
+            # all-reduced only on the last micro-batch.
+            with parallel.grad_sync(ddp_model, strategy, last), parallel.grad_sync(ddp_disc, strategy if use_disc else "single", last):
+                with loop.autocast(rt.device, dtype):
+                    recon, codes, vq_losses = ddp_model(xb)
+                    rec = reconstruction_loss(recon, xb, config.l1_weight, config.l2_weight)
+                    if perceptual is not None:
+                        rec = rec + config.perceptual_weight * perceptual(recon.float(), xb)
+                    loss = rec + sum(vq_losses.values())
+                    if adv_on:
+                        g_adv = generator_adv_loss(ddp_disc(recon))
+                        weight = adaptive_weight(rec, g_adv, model.decoder.last_layer) * config.disc_weight
+                        loss = loss + weight * g_adv
+                (loss / len(micro)).backward()
+            loss_sum += loss.detach() / len(micro)
+            recons.append(recon.detach())
+            seen.append(code_ids(codes))
+        parallel.clip_grad_norm(model, args.grad_clip)
         opt.step()
         loop.ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
 
         d_loss = None
         if adv_on:
-            with loop.autocast(rt.device, dtype):
-                d_loss = hinge_d_loss(ddp_disc(x), ddp_disc(recon.detach()))
             disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            torch.nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
+            d_loss = torch.zeros((), device=rt.device)
+            for i, (part, recon) in enumerate(zip(micro, recons)):
+                with parallel.grad_sync(ddp_disc, strategy, i == len(micro) - 1):
+                    with loop.autocast(rt.device, dtype):
+                        d_part = hinge_d_loss(ddp_disc(x[part]), ddp_disc(recon)) / len(micro)
+                    d_part.backward()
+                d_loss += d_part.detach()
+            parallel.clip_grad_norm(disc, args.grad_clip)
             disc_opt.step()
+        meter.step()
 
-        seen.append(code_ids(codes))
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            shown = loop.all_reduce_mean(loss.detach().float(), rt).item()
+            shown = loop.all_reduce_mean(loss_sum.float(), rt).item()
             usage = torch.unique(torch.cat(seen)).numel() / model.vocab_size
+            record = {"loss": shown, "lr": lr, "usage": usage, **meter.read(),
+                      "mem_per_rank": memory_per_rank(rt.device, rt.world_size)}
             stats = {"loss": f"{shown:.4f}", "usage": f"{usage:.0%}", "lr": f"{lr:.1e}"}
             if d_loss is not None:
+                record["d_loss"] = d_loss.item()
                 stats["d_loss"] = f"{d_loss.item():.3f}"
+            metrics.write(step + 1, record)
+            if rt.is_main:
+                bar.write(format_record(step + 1, args.steps, record, unit="img"))
             bar.set_postfix(stats)
             seen.clear()
-        if rt.is_main and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps):
-            _write_preview(ema, preview, out / "previews" / f"step-{step + 1:07d}.png")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            if rt.is_main:
-                final = checkpoint.save(out, step + 1, meta, model.state_dict(), ema.state_dict(),
-                                        _train_state(step + 1, opt, disc, disc_opt), keep=args.keep)
-            loop.barrier(rt)
+        with meter.paused():  # previews and checkpoints are not training throughput
+            if rt.is_main and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps):
+                _write_preview(ema, preview, out / "previews" / f"step-{step + 1:07d}.png")
+            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+                if rt.is_main:
+                    final = checkpoint.save(out, step + 1, meta, model.state_dict(), ema.state_dict(),
+                                            _train_state(step + 1, opt, disc, disc_opt), keep=args.keep)
+                loop.barrier(rt)
     bar.close()
+    metrics.close()
     if args.steps <= start_step:
         rt.print(f"already trained to step {start_step} (of {args.steps}); nothing to do")
     rt.print(f"trained {args.steps - start_step} steps in {time.time() - t0:.0f}s -> {out}")
@@ -201,13 +231,20 @@ def _train_state(step: int, opt, disc, disc_opt) -> dict:
     return state
 
 
-def _resume(out: Path, config, model, ema, opt, disc, disc_opt) -> int:
-    state = loop.resume_weights(out, config, config_from_meta, model, ema,
+def _resume(args: TokenizerTrainArgs, out: Path, config, model, ema, opt, disc, disc_opt, rt: loop.Runtime) -> int:
+    """Load the checkpoint --resume names; return the step to continue from (0: start fresh)."""
+    ckpt = loop.resume_checkpoint(args.resume, out)
+    if ckpt is None:
+        if args.resume:
+            rt.print(f"--resume: no checkpoint in {out} yet, starting fresh")
+        return 0
+    state = loop.resume_weights(ckpt, config, config_from_meta, model, ema,
                                 "use a new --out or the same preset and options")
     opt.load_state_dict(state["optimizer"])
     if disc is not None and "discriminator" in state:
         disc.load_state_dict(state["discriminator"])
         disc_opt.load_state_dict(state["disc_optimizer"])
+    rt.print(f"resumed from {ckpt} at step {state['step']}")
     return int(state["step"])
 
 
