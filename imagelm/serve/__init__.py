@@ -7,6 +7,7 @@ Needs the `serve` extra (fastapi, uvicorn): `pip install imagelm[serve]`.
 """
 from __future__ import annotations
 
+import signal
 import socket
 
 
@@ -43,7 +44,13 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: s
     print(f"serving {info['model']} ({info['conditioning']}-conditional, engine {info['engine']['dtype']}: "
           f"{info['engine']['why']}, {rows} rows) on http://{host}:{port}/  (playground at /, API at /v1/images)",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace_s)
+    # uvicorn drains on SIGTERM, then re-raises the signal to the handler that was there before it:
+    # make that one a no-op so a requested shutdown ends with exit code 0, not "killed by SIGTERM".
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace_s)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("server stopped", flush=True)
 
 

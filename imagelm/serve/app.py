@@ -196,6 +196,10 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):
+        if e.status_code == 400:   # FastAPI could not read the body at all (e.g. bytes that are not UTF-8)
+            message = f"could not be parsed as JSON ({e.detail})"
+            return JSONResponse({"error": f"body: {message}", "errors": [{"field": "body", "message": message}]},
+                                status_code=400)
         return JSONResponse({"error": str(e.detail), "errors": []}, status_code=e.status_code,
                             headers=getattr(e, "headers", None))
 
