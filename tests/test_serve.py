@@ -193,6 +193,10 @@ def test_full_queue_answers_429_with_retry_after(tiny_generator):
             assert "queue is full (2 requests pending)" in r.json()["error"]
             assert int(r.headers["retry-after"]) >= 1
             assert (await c.get("/healthz")).json()["pending"] == 2
+            requests = [job.request for job in app.state.worker._jobs.values()]
+            permits.release(2)                              # both admitted in one step, decoded together
+            await wait_until(lambda: all(r.generated == 2 for r in requests))
+            assert app.state.engine.rows_in_use == 4        # 2 guided images x 2 rows, one batch
             permits.release(1000)
             assert [(await f).status_code for f in first] == [200, 200]
             assert (await c.post("/v1/images", json={"class": 3})).status_code == 200   # room again
@@ -351,3 +355,34 @@ def test_malformed_requests_leave_the_server_answering(client):
     assert statuses.get(422, 0) > 150
     assert client.post("/v1/images", json={"class": 0}).status_code == 200
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_text_model_takes_prompts_and_matches_imagelm_sample(tiny_tokenizer):
+    """A text-conditional generator (random weights; MiniLM features, 12 tokens): prompt in, class
+    refused, and the images of imagelm.sample for the same prompt and seed."""
+    pytest.importorskip("transformers", reason="the text extra is not installed")
+    import torch.nn as nn
+
+    from imagelm.models import build_generator, gpt_config
+    from imagelm.tokenizers import load_tokenizer
+    from imagelm.text import load_text_encoder
+    gen = build_generator(gpt_config("tiny-t2i", grid_size=4, cls_token_num=12)).eval()
+    for head in gen.output.heads:
+        nn.init.normal_(head.weight, std=0.5)          # zero heads would make every draw uniform
+    gen.meta = {"path": "t2i", "text_encoder": {"name": "minilm", "path": None, "max_len": 12, "dim": 384}}
+    tok, encoder = load_tokenizer(tiny_tokenizer), load_text_encoder("minilm", max_len=12)
+    prompt = "a large red circle at the center on a blue background"
+    with TestClient(create_app(gen, tok, dtype="float32", rows=8, max_n=4, text_encoder=encoder)) as c:
+        info = c.get("/v1/models").json()
+        assert info["conditioning"] == "text" and info["classes"] is None and info["limits"]["max_prompt_chars"] == 1000
+        r = c.post("/v1/images", json={"class": 0})
+        assert r.status_code == 422 and r.json()["error"] == "class: this model is text-conditional: give prompt, not class"
+        assert c.post("/v1/images", json={}).json()["error"] == "prompt: required: this model is text-conditional"
+        assert c.post("/v1/images", json={"prompt": "x" * 1001}).json()["errors"][0]["field"] == "prompt"
+        r = c.post("/v1/images", json={"prompt": prompt, "n": 2, "cfg": 3, "seed": 4})
+        assert r.status_code == 200 and r.json()["settings"]["prompt"] == prompt
+        api = [decode_png(im["png_base64"]) for im in r.json()["images"]]
+    from imagelm.data.transforms import to_uint8
+    tokens = imagelm.sample(gen, [prompt], n=2, cfg_scale=3, seed=4, dtype="float32", text_encoder=encoder)
+    for a, b in zip(api, to_uint8(imagelm.decode_tokens(tokens, tok).float())):
+        np.testing.assert_array_equal(a, b)

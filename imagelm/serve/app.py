@@ -225,7 +225,9 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
                 raise ApiError(422, "class", "this model is text-conditional: give prompt, not class")
             if body.prompt is None:
                 raise ApiError(422, "prompt", "required: this model is text-conditional")
-            cond = await asyncio.to_thread(lambda: encode_prompts(generator, [body.prompt] * body.n, text_encoder))
+            # Encoded once and repeated, as imagelm.sample does, so the features (and images) match it.
+            cond = await asyncio.to_thread(lambda: encode_prompts(generator, [body.prompt], text_encoder))
+            cond = cond.repeat_interleave(body.n)
             return cond, {"prompt": body.prompt}
         if body.prompt is not None:
             raise ApiError(422, "prompt", "this model is class-conditional: give class (an id or a name), not prompt")
