@@ -2,8 +2,9 @@
 
 One `EngineWorker` per server process owns one `Engine`. Its thread is the only one that calls
 `engine.step()`; handlers on the event loop only `submit` (thread-safe) and await an asyncio future
-that the thread resolves through `loop.call_soon_threadsafe`, so a decode step never blocks the
-event loop and requests from many clients share the engine's rows.
+that is resolved through `loop.call_soon_threadsafe`, so a decode step never blocks the event loop
+and requests from many clients share the engine's rows. Finished tokens go to a second thread that
+turns them into images, so the tokenizer's decoder never holds up the next sampling step.
 
     worker = EngineWorker(engine, decode=lambda tokens: images_uint8, max_pending=64)
     worker.start()
@@ -14,6 +15,7 @@ event loop and requests from many clients share the engine's rows.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections import deque
@@ -73,7 +75,7 @@ class Job:
 class EngineWorker:
     """Runs `engine.step()` on a daemon thread while requests are pending; sleeps when idle.
 
-    decode: tokens [n, L, n_sub] -> images uint8 [n, H, W, 3], called on the worker thread for each
+    decode: tokens [n, L, n_sub] -> images uint8 [n, H, W, 3], called on the decode thread for each
     finished request (one call per request, so images match `imagelm sample` for that request).
     max_pending: requests accepted at once (queued + decoding); one more raises QueueFull.
     """
@@ -85,6 +87,9 @@ class EngineWorker:
         self._closing = False                    # no new work
         self._stop = False                       # the thread should exit once nothing is pending
         self._thread: threading.Thread | None = None
+        self._decoding: queue.Queue[Job | None] = queue.Queue()   # finished, waiting for their images
+        self._decoder: threading.Thread | None = None
+        self._in_decode = 0                      # jobs handed to the decode thread, not yet resolved
         self._step_times: deque[float] = deque(maxlen=64)
         self.broken: str | None = None           # set if a step ever raised: the engine is unusable
         self.completed = 0
@@ -92,12 +97,15 @@ class EngineWorker:
     # ------------------------------------------------------------ event-loop side
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="imagelm-engine", daemon=True)
+        self._decoder = threading.Thread(target=self._decode_loop, name="imagelm-decode", daemon=True)
         self._thread.start()
+        self._decoder.start()
 
     @property
     def pending(self) -> int:
+        """Requests accepted and not answered yet: queued, sampling, or being decoded to images."""
         with self._cv:
-            return len(self._jobs)
+            return len(self._jobs) + self._in_decode
 
     @property
     def closing(self) -> bool:
@@ -139,6 +147,8 @@ class EngineWorker:
             self._cv.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+            self._decoding.put(None)   # after the last finished request: the decode thread ends
+            await asyncio.to_thread(self._decoder.join, 30)
         await asyncio.sleep(0)         # let the last call_soon_threadsafe callbacks run
 
     def _wake(self) -> None:
@@ -170,14 +180,22 @@ class EngineWorker:
         if job is None:
             return
         if request.error:
-            outcome: object = RequestCancelled(f"the request was {request.error} (the server is shutting down)")
-        else:
+            _post(job.future, RequestCancelled(f"the request was {request.error} (the server is shutting down)"))
+            return
+        with self._cv:
+            self._in_decode += 1
+        self._decoding.put(job)
+
+    def _decode_loop(self) -> None:
+        while (job := self._decoding.get()) is not None:
             try:
-                outcome = self.decode(request.tokens)
+                outcome = self.decode(job.request.tokens)
                 self.completed += 1
             except Exception as e:  # noqa: BLE001 - reported to this request's client as a 500
                 outcome = RuntimeError(f"decoding the tokens failed: {type(e).__name__}: {e}")
-        _post(job.future, outcome)
+            _post(job.future, outcome)
+            with self._cv:
+                self._in_decode -= 1
 
     def _fail_all(self, message: str) -> None:
         with self._cv:
