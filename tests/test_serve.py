@@ -252,6 +252,49 @@ def test_disconnected_client_frees_its_rows_for_the_next_request(tiny_generator)
     asyncio.run(run())
 
 
+def test_a_progress_stream_whose_client_left_cancels_its_request(tiny_generator):
+    app = make_app(tiny_generator, rows=4, max_n=2)
+    worker, engine = app.state.worker, app.state.engine
+    permits = gate_steps(engine)
+    body = json.dumps({"class": 0, "n": 2, "cfg": 2}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    lines = []
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)                       # a client that neither sends nor hangs up politely
+
+    async def send(message):
+        if message["type"] == "http.response.body" and message.get("body"):
+            lines.append(message["body"])
+            if len(lines) == 2:
+                raise OSError("connection reset by peer")   # what uvicorn raises on a dead socket
+
+    async def run():
+        worker.start()
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/images", "raw_path": b"/v1/images",
+                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+                 "headers": [(b"content-type", b"application/json"), (b"accept", b"application/x-ndjson")]}
+        call = asyncio.ensure_future(app(scope, receive, send))
+        await wait_until(lambda: worker.pending == 1)
+        request = next(iter(worker._jobs.values())).request
+        permits.release(2)
+        await wait_until(lambda: len(lines) >= 2 or call.done())
+        try:
+            await asyncio.wait_for(call, 10)
+        except Exception:  # noqa: BLE001 - Starlette reports the dead client as ClientDisconnect
+            pass
+        assert json.loads(lines[0])["event"] == "progress"
+        permits.release(1000)
+        await wait_until(lambda: worker.pending == 0)
+        assert request.error == "cancelled", (request.error, request.generated, lines)
+        assert engine.rows_in_use == 0
+        await worker.aclose(1)
+    asyncio.run(run())
+
+
 def test_shutdown_finishes_in_flight_work_or_cancels_it_after_the_grace(tiny_generator):
     app = make_app(tiny_generator, rows=8, max_n=4)
     worker = app.state.worker

@@ -277,7 +277,7 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
             raise ApiError(406, "n", f"Accept: image/png returns one image; n is {body.n} (ask for application/json)")
         job, settings = await submit(request, body)
         if "application/x-ndjson" in accept:
-            return StreamingResponse(_progress_lines(job, settings), media_type="application/x-ndjson")
+            return JobStream(job, _progress_lines(job, settings), media_type="application/x-ndjson")
         result = await _await_or_disconnect(request, job)
         if result is None:
             return Response(status_code=499)       # nobody is listening; nginx's "client closed request"
@@ -287,22 +287,18 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
         return await payload(job, settings, result)
 
     async def _progress_lines(job, settings):
-        """NDJSON: {"event": "progress", ...} at least every 0.5 s (a send to a gone client fails and
-        closes this generator, which cancels the request), then {"event": "done", ...} or "error"."""
+        """NDJSON: {"event": "progress", ...} at least every 0.5 s (so a client that left is noticed:
+        the send fails and JobStream cancels the request), then {"event": "done", ...} or "error"."""
+        while not job.future.done():
+            yield json.dumps({"event": "progress", "queued": job.queued, "generated": job.request.generated,
+                              "length": engine.length}) + "\n"
+            await asyncio.wait([job.future], timeout=0.5)
         try:
-            while not job.future.done():
-                yield json.dumps({"event": "progress", "queued": job.queued, "generated": job.request.generated,
-                                  "length": engine.length}) + "\n"
-                await asyncio.wait([job.future], timeout=0.5)
-            try:
-                images = job.future.result()
-            except (RequestCancelled, RuntimeError) as e:
-                yield json.dumps({"event": "error", "error": str(e)}) + "\n"
-                return
-            yield json.dumps({"event": "done", **(await payload(job, settings, images))}) + "\n"
-        finally:
-            if not job.future.done():
-                job.cancel()
+            images = job.future.result()
+        except (RequestCancelled, RuntimeError) as e:
+            yield json.dumps({"event": "error", "error": str(e)}) + "\n"
+            return
+        yield json.dumps({"event": "done", **(await payload(job, settings, images))}) + "\n"
 
     async def _await_or_disconnect(request: Request, job):
         """The images, or None if the client disconnected first (then its engine request is cancelled)."""
@@ -327,6 +323,23 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
 
     app.add_middleware(BodyLimit)
     return app
+
+
+class JobStream(StreamingResponse):
+    """A streamed answer that cancels its engine request however the stream ends early (a send to a
+    gone client fails, or Starlette sees the disconnect): a suspended generator would only be closed
+    whenever it is garbage-collected, holding its rows until then."""
+
+    def __init__(self, job, content, **kwargs):
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.job.future.done():
+                self.job.cancel()
 
 
 def _describe(err: dict, fields: list[str], max_n: int) -> tuple[str, str]:

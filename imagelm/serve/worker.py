@@ -68,7 +68,9 @@ class Job:
             raise
 
     def cancel(self) -> None:
+        """Called on the event loop when nobody waits any more: drop the engine request and the future."""
         self.request.cancel()
+        self.future.cancel()
         self.worker._wake()
 
 
