@@ -117,6 +117,12 @@ def test_malformed_bodies(client, raw, headers, status, message):
     assert r.status_code == status and message in r.json()["error"]
 
 
+def test_a_chunked_body_past_the_limit_is_refused_while_it_streams(client):
+    r = client.post("/v1/images", content=iter([b" " * 30_000] * 3 + [b"{}"]),   # no Content-Length
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body: larger than 65536 bytes"
+
+
 def test_png_needs_n_one_and_unknown_routes_answer_json(client):
     r = client.post("/v1/images", json={"class": 0, "n": 2}, headers={"accept": "image/png"})
     assert r.status_code == 406 and r.json()["error"].startswith("n: Accept: image/png returns one image")

@@ -196,6 +196,8 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):
+        if isinstance(e.__cause__, ApiError):    # BodyLimit stopped a chunked body while FastAPI read it
+            return await _api_error(request, e.__cause__)
         if e.status_code == 400:   # FastAPI could not read the body at all (e.g. bytes that are not UTF-8)
             message = f"could not be parsed as JSON ({e.detail})"
             return JSONResponse({"error": f"body: {message}", "errors": [{"field": "body", "message": message}]},
