@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -282,7 +281,6 @@ def main() -> None:
     p.add_argument("--malformed", type=int, default=0, help="also send this many malformed requests")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    random.seed(args.seed)
     result = asyncio.run(main_async(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
