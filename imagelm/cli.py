@@ -234,6 +234,12 @@ def _study(a) -> None:
     run_study(a.out, data=a.data, budget=a.budget, seed=a.seed, precision=a.precision)
 
 
+def _serve(a) -> None:
+    from imagelm.serve import serve
+    serve(a.ckpt, host=a.host, port=a.port, device=a.device, dtype=a.dtype, rows=a.rows, max_n=a.max_n,
+          max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from imagelm.sampling.logits import CFG_SCHEDULES
     p = argparse.ArgumentParser(prog="imagelm", description="Image generation with language models.")
@@ -419,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a checkpoint to another layout")
     ex_sub = ex.add_subparsers(dest="target", required=True, metavar="TARGET")
     _add_export_consolidate(ex_sub)
+
+    sv = sub.add_parser("serve", help="HTTP API (POST /v1/images) and a web playground over the sampling engine")
+    sv.add_argument("--ckpt", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one linked)")
+    sv.add_argument("--rows", type=int, default=32, help="engine cache rows shared by all requests (2 per guided image)")
+    sv.add_argument("--max-n", type=int, default=16, help="most images in one request")
+    sv.add_argument("--max-queue", type=int, default=64, help="requests queued or decoding at once; more get 429")
+    sv.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work gets to finish on SIGTERM")
+    sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
+                    help="the engine's dtype (auto: the fastest this device runs natively)")
+    common(sv, seed=False)
+    sv.set_defaults(func=_serve)
     return p
 
 

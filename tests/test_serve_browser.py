@@ -1,0 +1,88 @@
+"""The playground in a real browser: Debian's chromium, headless, driven by Playwright for Python.
+
+The test starts uvicorn on 127.0.0.1 (a free port) over the tiny generator, opens the page, picks a
+class and settings, presses Generate, waits until the images render, checks the settings shown beside
+them, and saves a screenshot (to IMAGELM_SCREENSHOT if set, else the test's tmp dir). Skipped, with
+the reason, when chromium or playwright is missing (`make install` installs both when it can).
+"""
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
+uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'imagelm[serve]')")
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_generator):
+    import imagelm
+    from imagelm.serve import create_app
+    gen = imagelm.load(tiny_generator)
+    app = create_app(gen, imagelm.linked_tokenizer(gen.meta), dtype="float32", rows=16, max_n=8)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)   # not the main thread: no signal handlers
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(30)
+
+
+def test_playground_renders_images_in_chromium(server, tmp_path):
+    shot = Path(os.environ.get("IMAGELM_SCREENSHOT", tmp_path / "playground.png"))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 620})
+            page.set_default_timeout(30_000)
+            page.goto(server + "/")
+            page.wait_for_selector("#class option[value='3']", state="attached")   # classes came from /v1/models
+            assert "tiny" in page.text_content("#model") or "class-conditional" in page.text_content("#model")
+            page.select_option("#class", "3")
+            page.fill("#cfg", "3")
+            page.select_option("#cfg_schedule", "linear")
+            page.fill("#top_k", "40")
+            page.fill("#n", "6")
+            page.fill("#seed", "7")
+            page.click("#generate")
+            page.wait_for_selector(".card.done")
+            # every image decoded by the browser (naturalWidth > 0), not just inserted
+            page.wait_for_function("() => { const im = [...document.querySelectorAll('.card.done img.result-image')];"
+                                   " return im.length === 6 && im.every(i => i.complete && i.naturalWidth === 16); }")
+            settings = page.text_content(".card.done .settings")
+            assert '"class":3' in settings.replace(" ", "") or "class: 3 (star)" in settings
+            assert "seed: 7" in settings and "cfg_schedule: \"linear\"" in settings and "6 images in" in settings
+            page.select_option("#class", "0")                 # a second request, shown above the first
+            page.fill("#n", "3")
+            page.click("#generate")
+            page.wait_for_function("() => document.querySelectorAll('.card.done').length === 2")
+            assert page.locator(".card.failed").count() == 0
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 5_000
+    print(f"screenshot: {shot}")
+    if os.environ.get("IMAGELM_SCREENSHOT_COPY"):
+        shutil.copy(shot, os.environ["IMAGELM_SCREENSHOT_COPY"])
