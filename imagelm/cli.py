@@ -181,6 +181,18 @@ def _study(a) -> None:
     run_study(a.out, data=a.data, budget=a.budget, seed=a.seed, precision=a.precision)
 
 
+def _convert(a) -> None:
+    from imagelm.compat import convert
+    out = convert(a.format, a.src, a.out_dir, preset=a.preset, image_size=a.image_size, tokenizer=a.tokenizer)
+    print(f"{a.format} {a.src} -> imagelm checkpoint {out}")
+
+
+def _export(a) -> None:
+    from imagelm.compat import export
+    out = export(a.format, a.ckpt, a.out, force=a.force)
+    print(f"{a.ckpt} -> {a.format} file {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from imagelm.sampling.logits import CFG_SCHEDULES
     p = argparse.ArgumentParser(prog="imagelm", description="Image generation with language models.")
@@ -349,6 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     st.add_argument("--seed", type=int, default=0)
     st.set_defaults(func=_study)
+
+    from imagelm.compat import EXPORT_FORMATS, FORMATS
+    cv = sub.add_parser("convert", help="import a released LlamaGen / ELM checkpoint as an imagelm checkpoint")
+    cv.add_argument("format", choices=FORMATS)
+    cv.add_argument("src", help="the released file (.pt / .pth / .th)")
+    cv.add_argument("out_dir", help="where to write the imagelm checkpoint")
+    cv.add_argument("--preset", default=None,
+                    help="generator preset (GPT-B, GPT-L, ...) or BAE-16/20/24/32; default: inferred from shapes")
+    cv.add_argument("--image-size", type=int, default=None,
+                    help="256, 384, ... (LlamaGen GPT: default from the file name; ELM: 256)")
+    cv.add_argument("--tokenizer", default=None, help="link a generator to this (converted) tokenizer checkpoint")
+    cv.set_defaults(func=_convert)
+    ex = sub.add_parser("export", help="write an imagelm generator as a file LlamaGen's code loads")
+    ex.add_argument("format", choices=EXPORT_FORMATS)
+    ex.add_argument("ckpt", help="imagelm generator checkpoint or run directory")
+    ex.add_argument("out", help="the .pt file to write")
+    ex.add_argument("--force", action="store_true", help="export even where LlamaGen would compute differently")
+    ex.set_defaults(func=_export)
     return p
 
 

@@ -135,11 +135,11 @@ def test_bae_wrong_bits_and_broken_layout_are_refused(tmp_path):
 N_SUB, M_BITS = 2, 3            # ELM's "2-3" vocabulary: 6-bit codes as 2 sub-tokens of 8 values
 
 
-def elm_ar_state(n=N_SUB, seed=1):
+def elm_ar_state(n=N_SUB, seed=1, m=M_BITS):
     """ELM AR weights: LlamaGen's trunk and class table, n tok_embedder tables + proj, n output heads."""
     g = torch.Generator().manual_seed(seed)
     sd = {k: v for k, v in llamagen_gpt_state(seed=seed).items() if not k.startswith(("tok_", "output"))}
-    V = 2 ** M_BITS
+    V = 2 ** m
     if n == 1:
         sd["tok_embedder.weight"] = torch.randn(V, DIM, generator=g) * 0.1
         sd["output.weight"] = torch.randn(V, DIM, generator=g) * 0.1

@@ -54,9 +54,24 @@ def convert(fmt: str, src, out_dir, preset: str | None = None, image_size: int |
     if tokenizer is not None:
         if meta["kind"] not in ("ar", "mlm"):
             raise CompatError("--tokenizer links a generator to its tokenizer; this is a tokenizer")
-        from imagelm import checkpoint
-        meta["tokenizer"] = {"path": str(checkpoint.resolve(tokenizer).resolve())}
+        meta["tokenizer"] = {"path": str(_check_tokenizer(model.config, tokenizer))}
     return save_checkpoint(out_dir, meta, model)
+
+
+def _check_tokenizer(config, tokenizer) -> Path:
+    """The resolved tokenizer checkpoint, after checking its codes fit the generator's tokens."""
+    from imagelm import checkpoint
+    from imagelm.tokenizers import load_tokenizer
+    from imagelm.vocab import TokenLayout
+    path = checkpoint.resolve(tokenizer).resolve()
+    try:
+        layout = TokenLayout.for_tokenizer(load_tokenizer(path), config.num_subtokens)
+    except ValueError as e:
+        raise CompatError(f"tokenizer {path} does not fit this generator: {e}") from None
+    if layout.vocab_size != config.vocab_size:
+        raise CompatError(f"tokenizer {path} gives {layout.vocab_size} values per token, the generator "
+                          f"expects {config.vocab_size}")
+    return path
 
 
 def export(fmt: str, ckpt, out, force: bool = False) -> Path:
