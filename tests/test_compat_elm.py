@@ -198,13 +198,45 @@ def test_elm_gpt_refusals(tmp_path):
     torch.save(sd, tmp_path / "ar.pth")
     with pytest.raises(CompatError, match="does not fit preset small"):
         load_elm_gpt(tmp_path / "ar.pth", preset="small", image_size=64)
-    mlm = {k: v for k, v in elm_ar_state(1).items() if not k.startswith("output")}
+    mlm = {k: v for k, v in elm_ar_state(2).items() if not k.startswith("output")}
     mlm["mlm_layer.fc.weight"] = torch.zeros(DIM, DIM)
     torch.save(mlm, tmp_path / "mlm.pth")
-    with pytest.raises(CompatError, match="masked"):
+    with pytest.raises(CompatError, match="masked model with several sub-tokens"):
         load_elm_gpt(tmp_path / "mlm.pth", image_size=64)
     sd["layers.0.adaLN_modulation.1.weight"] = torch.zeros(6 * DIM, DIM)   # an adaLN variant: not ours
     torch.save(sd, tmp_path / "ada.pth")
     with pytest.raises(CompatError, match="adaLN_modulation.1.weight has no place"):
         load_elm_gpt(tmp_path / "ada.pth", image_size=64)
     assert HIDDEN and N_LAYER      # the trunk constants are shared with the LlamaGen tests
+
+
+def test_elm_mlm_logits_match_reference(tmp_path):
+    """ELM's 1-m masked model: a shared table with the mask token as its last row, full attention, and the
+    tied head LayerNorm(GELU(fc(h))) @ table^T + bias, its mask-token column cut away."""
+    g = torch.Generator().manual_seed(3)
+    V = 2 ** M_BITS
+    sd = {k: v for k, v in elm_ar_state(1).items() if not k.startswith("output")}   # files lack `output`
+    sd["tok_embedder.weight"] = torch.randn(V + 1, DIM, generator=g) * 0.1
+    sd["pos_embed.weight"] = torch.randn(GRID * GRID, DIM, generator=g)              # declared, unused
+    sd.update({"mlm_layer.fc.weight": torch.randn(DIM, DIM, generator=g) * 0.1,
+               "mlm_layer.fc.bias": torch.randn(DIM, generator=g) * 0.1,
+               "mlm_layer.ln.weight": 1 + torch.randn(DIM, generator=g) * 0.1,
+               "mlm_layer.ln.bias": torch.randn(DIM, generator=g) * 0.1,
+               "mlm_layer.bias": torch.randn(1, 1, V + 1, generator=g)})
+    torch.save(sd, tmp_path / "mlmL-1-3.pth")
+    model = load_elm_gpt(tmp_path / "mlmL-1-3.pth", image_size=64)
+    assert model.kind == "mlm" and model.config.head == "tied-mlm" and model.config.vocab_size == V
+    tokens, cond = torch.randint(0, V, (2, GRID * GRID)), torch.tensor([1, 10])
+    mask = torch.rand(2, GRID * GRID) < 0.5
+    with torch.no_grad():
+        ours = model(tokens, cond, mask)
+    idx = torch.where(mask, V, tokens)                                   # ELM writes the mask token's id
+    h = torch.cat([sd["cls_embedding.embedding_table.weight"][cond][:, None], sd["tok_embedder.weight"][idx]], 1)
+    h = ref_trunk(sd, h, 1, causal=False)
+    x = F.layer_norm(F.gelu(h @ sd["mlm_layer.fc.weight"].T + sd["mlm_layer.fc.bias"]), (DIM,),
+                     sd["mlm_layer.ln.weight"], sd["mlm_layer.ln.bias"])
+    ref = (x @ sd["tok_embedder.weight"].T + sd["mlm_layer.bias"])[:, 1:, :V]
+    assert ours.shape == (2, GRID * GRID, V) and (ours - ref).abs().max() < 1e-4
+    # The head reads the table, it does not hold a second copy of it.
+    assert sorted(k for k in model.state_dict() if k.startswith("output.")) == \
+        ["output.bias", "output.fc.bias", "output.fc.weight", "output.norm.bias", "output.norm.weight"]

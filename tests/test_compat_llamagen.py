@@ -62,13 +62,13 @@ def ref_rms(x, w):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w
 
 
-def ref_trunk(sd, h, prefix: int, key_valid=None):
-    """h [B, T, dim] (prefix + tokens) -> final-normed hidden [B, T, dim], causal attention; key_valid
-    [B, T] masks padded prefix keys (each position still sees itself, as LlamaGen's eye-matrix fix)."""
+def ref_trunk(sd, h, prefix: int, key_valid=None, causal: bool = True):
+    """h [B, T, dim] (prefix + tokens) -> final-normed hidden [B, T, dim], causal attention (or full);
+    key_valid [B, T] masks padded prefix keys (each position still sees itself, LlamaGen's eye fix)."""
     B, T, _ = h.shape
     hd = DIM // N_HEAD
     table = ref_rope(GRID, hd, prefix)[:T]
-    allowed = torch.ones(T, T).tril().bool()[None].expand(B, T, T).clone()
+    allowed = (torch.ones(T, T).tril() if causal else torch.ones(T, T)).bool()[None].expand(B, T, T).clone()
     if key_valid is not None:
         allowed &= key_valid[:, None, :]
         allowed |= torch.eye(T, dtype=torch.bool)[None]
@@ -105,15 +105,15 @@ def ref_logits(sd, tokens, cond, prefix: int = 1):
     return ref_trunk(sd, h, prefix, valid)[:, prefix - 1:] @ sd["output.weight"].T
 
 
-def ref_greedy(sd, cond, null, cfg: float) -> torch.Tensor:
+def ref_greedy(sd, cond, null, cfg: float, prefix: int = 1) -> torch.Tensor:
     """LlamaGen's generate() with top-k 1: each step mixes cond/null logits (uncond + s (cond - uncond))."""
     B, L = len(cond), GRID * GRID
     seq = torch.zeros(B, 0, dtype=torch.long)
     for _ in range(L):
         padded = torch.cat([seq, torch.zeros(B, 1, dtype=torch.long)], 1)
-        logits = ref_logits(sd, padded, cond)[:, -1]
+        logits = ref_logits(sd, padded, cond, prefix)[:, -1]
         if cfg != 1.0:
-            u = ref_logits(sd, padded, null)[:, -1]
+            u = ref_logits(sd, padded, null, prefix)[:, -1]
             logits = u + (logits - u) * cfg
         seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], 1)
     return seq
@@ -177,9 +177,24 @@ def test_t2i_logits_match_reference(tmp_path):
     with torch.no_grad():
         ours = model(tokens, cond)
     assert (ours - ref_logits(sd, tokens, cond, prefix=32)).abs().max() < 1e-4
-    # The null caption is LlamaGen's uncond_embedding cut to the prefix, every position real.
+    # The null caption is LlamaGen's uncond_embedding cut to the prefix, under the caption's own mask
+    # (LlamaGen's generate() masks both CFG halves with the same emb_masks).
     null = model.null_cond(cond)
-    assert torch.equal(null.features[0], sd["cls_embedding.uncond_embedding"][:32]) and null.mask.all()
+    assert torch.equal(null.features[0], sd["cls_embedding.uncond_embedding"][:32])
+    assert torch.equal(null.mask, mask)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_t2i_greedy_sampling_with_padded_captions_matches_reference(tmp_path, cfg):
+    sd = llamagen_gpt_state(text=True)
+    torch.save({"model": sd}, tmp_path / "t2i.pt")
+    model = load_llamagen_gpt(tmp_path / "t2i.pt", preset="tiny-t2i", image_size=IMAGE)
+    mask = torch.ones(2, 32, dtype=torch.bool)
+    mask[0, :25] = False
+    cond = TextCondition(torch.randn(2, 32, 24) * mask[..., None], mask)
+    null = TextCondition(sd["cls_embedding.uncond_embedding"][:32].expand(2, -1, -1), mask)
+    ours = generate(model, cond, SamplingOptions(cfg_scale=cfg, top_k=1))[..., 0]
+    assert torch.equal(ours, ref_greedy(sd, cond, null, cfg, prefix=32))
 
 
 def test_wrong_preset_names_first_mismatched_key(c2i_file):

@@ -8,10 +8,13 @@ ELBO head). Its encoder and generator are flat `blocks` lists; the adapter reads
 carries a 1x1 `conv_out`, used only where the width changes: there it is our `nin_shortcut`, elsewhere
 it is dropped (it never touches the output).
 
-GPT (llama/ar_model.py): the trunk is LlamaGen's; `tok_embedder.{i}` (one table of 2^m rows per
+GPT (llama/ar_model.py, llama/mlm_model.py): the trunk is LlamaGen's; `tok_embedder.{i}` (one table of 2^m rows per
 sub-token), `proj` (Linear n*dim -> dim, no bias) and `output.{i}` map onto our SubTokenEmbedding /
 SubTokenHeads; n = 1 files have a single `tok_embedder` and `output`. The 2D RoPE has LlamaGen's zero
 prefix rows (rope2d, ELM's released setting), so the import uses `prefix_rope="zero"`.
+ELM's masked models (1-m files) share one table of 2^m + 1 rows (the last is the mask token: our
+`mask_embedding`) and predict through a tied head (`mlm_layer`: fc, GELU, LayerNorm, table^T + bias),
+our `head="tied-mlm"`; the AR-style `output` they declare is absent from the files and unused.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 
 from imagelm.compat.common import CompatError, block_indices, build_and_load, float32, read_file, unwrap
-from imagelm.models import ARGenerator
+from imagelm.models import ARGenerator, MaskedGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig
 from imagelm.tokenizers.bae_elm import ELMBAEConfig, ELMBAEModel
 from imagelm.vocab import TokenLayout
@@ -203,11 +206,17 @@ def _gpt_renames(state: dict) -> dict[str, str]:
 
 def elm_gpt_config(state: dict, src: str, preset: str | None, image_size: int | None) -> tuple[GPTConfig, str]:
     """Our GPTConfig for ELM AR weights -> (config, preset name); n-m vocabulary read from the tables."""
-    if "mlm_layer.fc.weight" in state:
-        raise CompatError(f"{src} is an ELM masked (MLM) generator: its tied MLM head (mlm_layer) and shared "
-                          f"mask-token table have no counterpart in imagelm's masked generator yet; only ELM AR "
-                          f"files import")
-    if "tok_embedder.weight" in state:
+    mlm = "mlm_layer.fc.weight" in state
+    if mlm and ("proj.weight" in state or "tok_embedder.weight" not in state):
+        raise CompatError(f"{src} is an ELM masked model with several sub-tokens per position (each its own "
+                          f"sequence element); imagelm imports ELM's MLMs with one token per position (1-m) only")
+    if mlm and "pos_embed" in state:
+        raise CompatError(f"{src} is an ELM masked model with sin-cos absolute positions (pos_embed); only its "
+                          f"rope2d models import")
+    if mlm:        # one table of 2^m code rows plus the mask token's row
+        n, (vocab, dim) = 1, state["tok_embedder.weight"].shape
+        vocab -= 1
+    elif "tok_embedder.weight" in state:
         n, vocab, dim = 1, *state["tok_embedder.weight"].shape
     else:
         tables = block_indices(state, r"tok_embedder\.(\d+)\.weight")
@@ -231,27 +240,58 @@ def elm_gpt_config(state: dict, src: str, preset: str | None, image_size: int | 
     try:
         config = GPTConfig(n_layer=p["n_layer"], n_head=p["n_head"], dim=p["dim"], vocab_size=vocab,
                            num_subtokens=n, grid_size=image_size // GPT_DOWNSAMPLE, prefix_rope="zero",
+                           head="tied-mlm" if mlm else "linear",
                            num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1)
     except ValueError as e:
         raise CompatError(f"{src}: preset {name}: {e}") from None
     return config, name
 
 
-def load_elm_gpt(path, preset: str | None = None, image_size: int | None = None) -> ARGenerator:
-    """An ELM AR generator (`L-2-10.pth`, ...) -> our ARGenerator in eval mode (float32, CPU).
+def _mlm_state(state: dict, vocab: int) -> tuple[dict, dict]:
+    """ELM MLM weights -> (our MaskedGenerator state, our key -> their key). The shared table's last row is
+    the mask token; the head's bias loses its mask-token column, which ELM cuts from the logits anyway."""
+    # Declared by ELM's MLM but never used by its forward: the AR-style heads and the frozen pos_embed.
+    state = {k: v for k, v in state.items() if not k.startswith("output") and k != "pos_embed.weight"}
+    renames = _gpt_renames({k: v for k, v in state.items() if not k.startswith(("tok_embedder", "mlm_layer"))})
+    ours = {renames[k]: v for k, v in state.items() if k in renames}
+    table = state["tok_embedder.weight"]
+    ours["tok_embeddings.table.weight"], ours["mask_embedding"] = table[:vocab], table[vocab]
+    names = {v: k for k, v in renames.items()}
+    names.update({"tok_embeddings.table.weight": "tok_embedder.weight", "mask_embedding": "tok_embedder.weight"})
+    for theirs, mine in (("fc.weight", "fc.weight"), ("fc.bias", "fc.bias"), ("ln.weight", "norm.weight"),
+                         ("ln.bias", "norm.bias")):
+        if "mlm_layer." + theirs in state:
+            ours["output." + mine], names["output." + mine] = state["mlm_layer." + theirs], "mlm_layer." + theirs
+    if "mlm_layer.bias" in state:
+        ours["output.bias"], names["output.bias"] = state["mlm_layer.bias"].reshape(-1)[:vocab], "mlm_layer.bias"
+    extra = [k for k in state if k.startswith("mlm_layer.") and k[10:] not in ("fc.weight", "fc.bias", "ln.weight",
+                                                                                "ln.bias", "bias")]
+    for k in extra:
+        ours[k] = state[k]          # refused by the shape check as having no place
+    return ours, names
 
-    forward(tokens [B, L, n], cond [B]) -> logits [B, L, n, 2^m]: ELM's teacher-forced logits, one head per
-    sub-token. preset: e.g. "GPT-L" (default: found from width and depth); image_size default 256.
+
+def load_elm_gpt(path, preset: str | None = None, image_size: int | None = None):
+    """An ELM generator -> our ARGenerator (AR files, `L-2-10.pth`, ...) or MaskedGenerator (MLM files,
+    `mlmL-1-16.pth`), in eval mode (float32, CPU).
+
+    AR: forward(tokens [B, L, n], cond [B]) -> logits [B, L, n, 2^m], ELM's teacher-forced logits, one head
+    per sub-token. MLM: forward(tokens, cond, mask [B, L]) -> logits [B, L, 1, 2^m] through ELM's tied head.
+    preset: e.g. "GPT-L" (default: found from width and depth); image_size default 256.
     """
     src = str(path)
-    state = unwrap(read_file(path), src, "cls_embedding.embedding_table.weight")
+    state = float32(unwrap(read_file(path), src, "cls_embedding.embedding_table.weight"))
     config, name = elm_gpt_config(state, src, preset, image_size)
-    renames = _gpt_renames(state)
-    ours = {renames[k]: v for k, v in float32(state).items()}
-    model = build_and_load(lambda: ARGenerator(config), ours, {v: k for k, v in renames.items()}, src,
-                           f"preset {name} with {config.num_subtokens}-{int(math.log2(config.vocab_size))} tokens")
+    what = f"preset {name} with {config.num_subtokens}-{int(math.log2(config.vocab_size))} tokens"
+    if config.head == "tied-mlm":
+        ours, names = _mlm_state(state, config.vocab_size)
+        model = build_and_load(lambda: MaskedGenerator(config), ours, names, src, what)
+    else:
+        renames = _gpt_renames(state)
+        ours = {renames[k]: v for k, v in state.items()}
+        model = build_and_load(lambda: ARGenerator(config), ours, {v: k for k, v in renames.items()}, src, what)
     bits = config.num_subtokens * int(math.log2(config.vocab_size))
-    model.meta = {"kind": "ar", "config": config.to_dict(), "preset": name, "class_names": [], "tokenizer": None,
+    model.meta = {"kind": model.kind, "config": config.to_dict(), "preset": name, "class_names": [], "tokenizer": None,
                   "layout": TokenLayout.binary(config.grid_size, bits, config.num_subtokens).to_dict(),
                   "text_encoder": None, "imported_from": {"format": "elm-gpt", "path": str(Path(path).resolve())}}
     return model

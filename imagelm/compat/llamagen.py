@@ -5,7 +5,8 @@ rows, SwiGLU w1/w2/w3, RMSNorms); only the outer names move. Two behaviours are 
 - 2D RoPE with LlamaGen's all-zero table rows at the condition prefix (our `prefix_rope="zero"`), which
   zero the prefix's queries and keys;
 - the text models' caption MLP has no biases (ours has, imported as zeros), and its null caption
-  (`uncond_embedding`) is [120, C] whatever the prefix length, sliced to the prefix after projection.
+  (`uncond_embedding`) is [120, C] whatever the prefix length, sliced to the prefix after projection;
+  its sampler masks the null caption with the caption's own padding mask (our `null_caption_mask="same"`).
 VQ (tokenizer/tokenizer_image/vq_model.py): our VQModel uses the same module tree; the per-level
 `downsample`/`upsample` become our `resample`, and the training-only `codebook_used` buffer is dropped.
 """
@@ -100,7 +101,8 @@ def gpt_config_from_state(state: dict, src: str, preset: str | None, image_size:
                       num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1)
     elif "cls_embedding.cap_proj.fc1.weight" in state:
         caption_dim = state["cls_embedding.cap_proj.fc1.weight"].shape[1]
-        fields.update(cond="text", cls_token_num=p.get("cls_token_num", T2I_NULL_TOKENS), caption_dim=caption_dim)
+        fields.update(cond="text", cls_token_num=p.get("cls_token_num", T2I_NULL_TOKENS), caption_dim=caption_dim,
+                      null_caption_mask="same")
     else:
         raise CompatError(f"{src}: unknown layout (neither cls_embedding.embedding_table nor cls_embedding.cap_proj)")
     try:
