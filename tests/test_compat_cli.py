@@ -4,7 +4,7 @@ from PIL import Image
 
 import imagelm
 from imagelm.cli import main
-from test_compat_elm import IMG, elm_ar_state, elm_bae_file_state
+from test_compat_elm import IMG, elm_ar_state, elm_bae_file_state, elm_mlm_state
 from test_compat_llamagen import llamagen_gpt_state, llamagen_vq_state
 
 
@@ -61,3 +61,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["export", "llamagen-gpt", str(tmp_path / "elm"), str(tmp_path / "x.pt")]) == 2
     assert "sub-tokens" in _error_line(capsys)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_elm_mlm_converts_and_samples(tmp_path):
+    torch.save(elm_mlm_state(), tmp_path / "mlmL-1-3.pth")
+    assert main(["convert", "elm-gpt", str(tmp_path / "mlmL-1-3.pth"), str(tmp_path / "mlm"), "--image-size", "64"]) == 0
+    gen = imagelm.load(tmp_path / "mlm")
+    assert gen.kind == "mlm" and gen.config.head == "tied-mlm"
+    tokens = imagelm.sample(gen, [1, 2], cfg_scale=2.0, steps=4, seed=0)
+    assert tokens.shape == (2, 16, 1) and tokens.max() < 8

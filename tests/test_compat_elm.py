@@ -210,10 +210,8 @@ def test_elm_gpt_refusals(tmp_path):
     assert HIDDEN and N_LAYER      # the trunk constants are shared with the LlamaGen tests
 
 
-def test_elm_mlm_logits_match_reference(tmp_path):
-    """ELM's 1-m masked model: a shared table with the mask token as its last row, full attention, and the
-    tied head LayerNorm(GELU(fc(h))) @ table^T + bias, its mask-token column cut away."""
-    g = torch.Generator().manual_seed(3)
+def elm_mlm_state(seed=3):
+    g = torch.Generator().manual_seed(seed)
     V = 2 ** M_BITS
     sd = {k: v for k, v in elm_ar_state(1).items() if not k.startswith("output")}   # files lack `output`
     sd["tok_embedder.weight"] = torch.randn(V + 1, DIM, generator=g) * 0.1
@@ -223,6 +221,14 @@ def test_elm_mlm_logits_match_reference(tmp_path):
                "mlm_layer.ln.weight": 1 + torch.randn(DIM, generator=g) * 0.1,
                "mlm_layer.ln.bias": torch.randn(DIM, generator=g) * 0.1,
                "mlm_layer.bias": torch.randn(1, 1, V + 1, generator=g)})
+    return sd
+
+
+def test_elm_mlm_logits_match_reference(tmp_path):
+    """ELM's 1-m masked model: a shared table with the mask token as its last row, full attention, and the
+    tied head LayerNorm(GELU(fc(h))) @ table^T + bias, its mask-token column cut away."""
+    V = 2 ** M_BITS
+    sd = elm_mlm_state()
     torch.save(sd, tmp_path / "mlmL-1-3.pth")
     model = load_elm_gpt(tmp_path / "mlmL-1-3.pth", image_size=64)
     assert model.kind == "mlm" and model.config.head == "tied-mlm" and model.config.vocab_size == V

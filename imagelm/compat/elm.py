@@ -255,7 +255,8 @@ def _mlm_state(state: dict, vocab: int) -> tuple[dict, dict]:
     renames = _gpt_renames({k: v for k, v in state.items() if not k.startswith(("tok_embedder", "mlm_layer"))})
     ours = {renames[k]: v for k, v in state.items() if k in renames}
     table = state["tok_embedder.weight"]
-    ours["tok_embeddings.table.weight"], ours["mask_embedding"] = table[:vocab], table[vocab]
+    # Copies, not views: two tensors sharing one storage cannot be saved side by side (safetensors).
+    ours["tok_embeddings.table.weight"], ours["mask_embedding"] = table[:vocab].clone(), table[vocab].clone()
     names = {v: k for k, v in renames.items()}
     names.update({"tok_embeddings.table.weight": "tok_embedder.weight", "mask_embedding": "tok_embedder.weight"})
     for theirs, mine in (("fc.weight", "fc.weight"), ("fc.bias", "fc.bias"), ("ln.weight", "norm.weight"),
