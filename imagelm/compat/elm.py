@@ -134,7 +134,9 @@ def _bae_renames(state: dict, model: ELMBAEModel, src: str) -> dict[str, str | N
             if n >= len(orders[part]):
                 raise CompatError(f"{src}: unknown layout, {k} lies beyond the {len(orders[part])} blocks expected")
             if rest.startswith("conv_out."):       # a ResBlock's 1x1 shortcut
-                conv1 = state[f"{part}.blocks.{n}.conv1.weight"]
+                conv1 = state.get(f"{part}.blocks.{n}.conv1.weight")
+                if conv1 is None:
+                    raise CompatError(f"{src}: unknown layout, ae.{k} belongs to no ResBlock")
                 out[k] = f"{orders[part][n]}.nin_shortcut.{rest[9:]}" if conv1.shape[0] != conv1.shape[1] else None
             else:
                 out[k] = f"{orders[part][n]}.{rest}"
