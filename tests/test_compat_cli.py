@@ -58,6 +58,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert not (tmp_path / "out").exists()                     # nothing half-written
     torch.save(elm_ar_state(), tmp_path / "ar.pth")
     assert main(["convert", "elm-gpt", str(tmp_path / "ar.pth"), str(tmp_path / "elm"), "--image-size", "64"]) == 0
+    assert main(["convert", "elm-gpt", str(tmp_path / "ar.pth"), str(tmp_path / "elm"), "--image-size", "64"]) == 2
+    assert "already holds a checkpoint" in _error_line(capsys)               # never mixed into a run
     assert main(["export", "llamagen-gpt", str(tmp_path / "elm"), str(tmp_path / "x.pt")]) == 2
     assert "sub-tokens" in _error_line(capsys)
     assert not (tmp_path / "x.pt").exists()

@@ -137,4 +137,7 @@ def save_checkpoint(out_dir, meta: dict, model: torch.nn.Module) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CompatError(f"{out} exists and is not a directory")
+    if checkpoint.list_checkpoints(out) or (out / "config.json").exists():
+        # Saving step 0 beside a run's newer checkpoints would hide it (or prune it): never mix them.
+        raise CompatError(f"{out} already holds a checkpoint; convert into a new directory")
     return checkpoint.save(out, 0, meta, model.state_dict(), keep=1)

@@ -1,7 +1,8 @@
 """Image tokenizers behind one interface: `encode(images) -> codes`, `decode(codes) -> images`.
 
-Kinds: "vq" (LlamaGen-style vector quantiser) and "bae" (ELM-style binary autoencoder). Each kind has a frozen config dataclass with named
-presets; `load_tokenizer` rebuilds one from a checkpoint directory alone.
+Kinds: "vq" (LlamaGen-style vector quantiser), "bae" (ELM-style binary autoencoder) and "bae-elm"
+(ELM's own BAE architecture, for weights imported by imagelm.compat). Each kind has a frozen config
+dataclass (vq and bae with named presets); `load_tokenizer` rebuilds one from a checkpoint directory alone.
 """
 from __future__ import annotations
 
