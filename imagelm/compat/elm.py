@@ -167,8 +167,9 @@ def load_elm_bae(path, image_size: int | None = None, bits: int | None = None) -
         raise CompatError(f"{src}: not an ELM binary autoencoder (no ae.quantize.embed.weight)")
     config = bae_config_from_state(state, src, image_size)
     if bits is not None and bits != config.bits:
-        raise CompatError(f"{src} does not fit {bits} bits: ae.quantize.embed.weight is "
-                          f"{tuple(state['quantize.embed.weight'].shape)} in the file but ({bits}, {config.z_channels})")
+        shape = tuple(state["quantize.embed.weight"].shape)
+        raise CompatError(f"{src} does not fit {bits} bits: ae.quantize.embed.weight is {shape} in the file "
+                          f"but ({bits}, {config.z_channels})")
     with torch.device("meta"):
         skeleton = ELMBAEModel(config)
     renames = _bae_renames(state, skeleton, src)

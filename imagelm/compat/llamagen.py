@@ -181,7 +181,8 @@ def export_llamagen_gpt(model: ARGenerator, out, force: bool = False) -> Path:
                 raise CompatError(f"LlamaGen's caption MLP has no biases, but this model's {k} is not zero")
         elif k == "cond_embedder.null_caption":
             if v.shape[0] != T2I_NULL_TOKENS:
-                raise CompatError(f"LlamaGen's null caption has {T2I_NULL_TOKENS} tokens; this model's has {v.shape[0]}")
+                raise CompatError(f"LlamaGen's null caption has {T2I_NULL_TOKENS} tokens; "
+                                  f"this model's has {v.shape[0]}")
             back["cls_embedding.uncond_embedding"] = v
         else:
             raise CompatError(f"{k} has no place in LlamaGen's GPT")

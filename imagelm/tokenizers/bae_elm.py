@@ -41,7 +41,8 @@ class ELMBAEConfig:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         if self.image_size % self.downsample:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsample factor {self.downsample}")
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsample factor "
+                             f"{self.downsample}")
 
     @property
     def downsample(self) -> int:
