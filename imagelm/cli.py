@@ -183,7 +183,8 @@ def _study(a) -> None:
 
 def _convert(a) -> None:
     from imagelm.compat import convert
-    out = convert(a.format, a.src, a.out_dir, preset=a.preset, image_size=a.image_size, tokenizer=a.tokenizer)
+    out = convert(a.format, a.src, a.out_dir, preset=a.preset, image_size=a.image_size, tokenizer=a.tokenizer,
+                  text_encoder_path=a.text_encoder_path)
     print(f"{a.format} {a.src} -> imagelm checkpoint {out}")
 
 
@@ -372,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--image-size", type=int, default=None,
                     help="256, 384, ... (LlamaGen GPT: default from the file name; ELM: 256)")
     cv.add_argument("--tokenizer", default=None, help="link a generator to this (converted) tokenizer checkpoint")
+    cv.add_argument("--text-encoder-path", default=None,
+                    help="LlamaGen t2i: the local FLAN-T5 directory that `sample --prompt` will encode with")
     cv.set_defaults(func=_convert)
     ex = sub.add_parser("export", help="write an imagelm generator as a file LlamaGen's code loads")
     ex.add_argument("format", choices=EXPORT_FORMATS)

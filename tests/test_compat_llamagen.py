@@ -197,6 +197,17 @@ def test_t2i_greedy_sampling_with_padded_captions_matches_reference(tmp_path, cf
     assert torch.equal(ours, ref_greedy(sd, cond, null, cfg, prefix=32))
 
 
+def test_convert_t2i_records_the_t5_encoder(tmp_path, c2i_file):
+    from imagelm.compat import convert
+    torch.save({"model": llamagen_gpt_state(text=True)}, tmp_path / "t2i_tiny_64.pt")
+    out = convert("llamagen-gpt", tmp_path / "t2i_tiny_64.pt", tmp_path / "ours", preset="tiny-t2i",
+                  text_encoder_path=tmp_path / "flan-t5-xl")
+    spec = imagelm.load(out).meta["text_encoder"]
+    assert spec == {"name": "t5", "path": str((tmp_path / "flan-t5-xl").resolve()), "max_len": 32, "dim": 24}
+    with pytest.raises(CompatError, match="text-conditional"):
+        convert("llamagen-gpt", c2i_file, tmp_path / "c2i", text_encoder_path=tmp_path / "flan-t5-xl")
+
+
 def test_wrong_preset_names_first_mismatched_key(c2i_file):
     with pytest.raises(CompatError) as e:
         load_llamagen_gpt(c2i_file, preset="small", image_size=IMAGE)

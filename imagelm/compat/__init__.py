@@ -45,12 +45,19 @@ def load_foreign(fmt: str, src, preset: str | None = None, image_size: int | Non
 
 
 def convert(fmt: str, src, out_dir, preset: str | None = None, image_size: int | None = None,
-            tokenizer=None) -> Path:
+            tokenizer=None, text_encoder_path=None) -> Path:
     """Import `src` (format `fmt`) and save it as our checkpoint under out_dir (atomically) -> the checkpoint
     directory, which `imagelm.load` / `load_tokenizer` / `imagelm sample` read. tokenizer: our (converted)
-    tokenizer checkpoint to link a generator to, so sampling can decode without --tokenizer."""
+    tokenizer checkpoint to link a generator to, so sampling can decode without --tokenizer.
+    text_encoder_path: for a LlamaGen text model, the local FLAN-T5 directory its captions are encoded
+    with (recorded, not read now), so `imagelm sample --prompt` works."""
     model = load_foreign(fmt, src, preset, image_size)
     meta = dict(model.meta)
+    if text_encoder_path is not None:
+        if getattr(model, "config", None) is None or getattr(model.config, "cond", None) != "text":
+            raise CompatError("--text-encoder-path is for text-conditional generators only")
+        meta["text_encoder"] = {"name": "t5", "path": str(Path(text_encoder_path).resolve()),
+                                "max_len": model.config.cls_token_num, "dim": model.config.caption_dim}
     if tokenizer is not None:
         if meta["kind"] not in ("ar", "mlm"):
             raise CompatError("--tokenizer links a generator to its tokenizer; this is a tokenizer")
