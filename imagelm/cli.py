@@ -240,6 +240,19 @@ def _serve(a) -> None:
           max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer)
 
 
+def _convert(a) -> None:
+    from imagelm.compat import convert
+    out = convert(a.format, a.src, a.out_dir, preset=a.preset, image_size=a.image_size, tokenizer=a.tokenizer,
+                  text_encoder_path=a.text_encoder_path)
+    print(f"{a.format} {a.src} -> imagelm checkpoint {out}")
+
+
+def _export(a) -> None:
+    from imagelm.compat import export
+    out = export(a.format, a.ckpt, a.out, force=a.force)
+    print(f"{a.ckpt} -> {a.format} file {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from imagelm.sampling.logits import CFG_SCHEDULES
     p = argparse.ArgumentParser(prog="imagelm", description="Image generation with language models.")
@@ -439,6 +452,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the engine's dtype (auto: the fastest this device runs natively)")
     common(sv, seed=False)
     sv.set_defaults(func=_serve)
+
+    from imagelm.compat import EXPORT_FORMATS, FORMATS
+    cv = sub.add_parser("convert", help="import a released LlamaGen / ELM checkpoint as an imagelm checkpoint")
+    cv.add_argument("format", choices=FORMATS)
+    cv.add_argument("src", help="the released file (.pt / .pth / .th)")
+    cv.add_argument("out_dir", help="where to write the imagelm checkpoint")
+    cv.add_argument("--preset", default=None,
+                    help="generator preset (GPT-B, GPT-L, ...) or BAE-16/20/24/32; default: inferred from shapes")
+    cv.add_argument("--image-size", type=int, default=None,
+                    help="256, 384, ... (LlamaGen GPT: default from the file name; ELM: 256)")
+    cv.add_argument("--tokenizer", default=None, help="link a generator to this (converted) tokenizer checkpoint")
+    cv.add_argument("--text-encoder-path", default=None,
+                    help="LlamaGen t2i: the local FLAN-T5 directory that `sample --prompt` will encode with")
+    cv.set_defaults(func=_convert)
+    for fmt in EXPORT_FORMATS:      # beside `export consolidate`
+        ef = ex_sub.add_parser(fmt, help="write an imagelm generator as a file LlamaGen's code loads")
+        ef.add_argument("ckpt", help="imagelm generator checkpoint or run directory")
+        ef.add_argument("out", help="the .pt file to write")
+        ef.add_argument("--force", action="store_true", help="export even where LlamaGen would compute differently")
+        ef.set_defaults(func=_export, format=fmt)
     return p
 
 

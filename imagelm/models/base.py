@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from imagelm.models.conditioning import CaptionEmbedder, ClassEmbedder
-from imagelm.models.embedding import SubTokenEmbedding, SubTokenHeads
+from imagelm.models.embedding import SubTokenEmbedding, SubTokenHeads, TiedMLMHead
 from imagelm.models.presets import GPTConfig
 from imagelm.models.transformer import Transformer
 
@@ -23,7 +23,7 @@ class GeneratorBase(nn.Module):
         self.config = config
         if config.cond == "text":   # prefix = the caption's T tokens, some of them padding
             self.cond_embedder = CaptionEmbedder(config.caption_dim, config.dim, config.cls_token_num,
-                                                 config.class_dropout)
+                                                 config.class_dropout, config.null_caption_mask)
         elif config.cls_token_num != 1:
             raise ValueError("a class-conditional generator has a prefix of exactly 1 token")
         else:
@@ -31,7 +31,10 @@ class GeneratorBase(nn.Module):
         self.tok_embeddings = SubTokenEmbedding(config.num_subtokens, config.vocab_size, config.dim)
         self.token_dropout = nn.Dropout(config.token_dropout)
         self.trunk = Transformer(config, causal=self.causal)
-        self.output = SubTokenHeads(config.num_subtokens, config.vocab_size, config.dim)
+        if config.head == "tied-mlm":
+            self.output = TiedMLMHead(config.dim, self.tok_embeddings)
+        else:
+            self.output = SubTokenHeads(config.num_subtokens, config.vocab_size, config.dim)
 
     def reset_parameters(self) -> None:
         """N(0, 0.02) for every linear and embedding, zeros for the output heads (LlamaGen's init)."""

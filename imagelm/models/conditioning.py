@@ -90,9 +90,10 @@ class CaptionEmbedder(nn.Module):
     the caption they replace.
     """
 
-    def __init__(self, caption_dim: int, dim: int, token_num: int, dropout_prob: float):
+    def __init__(self, caption_dim: int, dim: int, token_num: int, dropout_prob: float, null_mask: str = "all"):
         super().__init__()
         self.token_num, self.dropout_prob = token_num, dropout_prob
+        self.null_mask = null_mask   # "all", or "same": keep the caption's own mask (LlamaGen's sampler)
         self.null_caption = nn.Parameter(torch.randn(token_num, caption_dim) / caption_dim ** 0.5)
         self.mlp = nn.Sequential(nn.Linear(caption_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
 
@@ -100,6 +101,8 @@ class CaptionEmbedder(nn.Module):
         """The null caption for every element of cond -> TextCondition [B, T, C], mask all True."""
         B = len(cond)
         features = self.null_caption.to(cond.features.dtype).expand(B, -1, -1)
+        if self.null_mask == "same":
+            return TextCondition(features, cond.mask.clone())
         return TextCondition(features, torch.ones(B, self.token_num, dtype=torch.bool, device=cond.device))
 
     def drop(self, cond: TextCondition) -> TextCondition:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class SubTokenEmbedding(nn.Module):
@@ -41,3 +42,25 @@ class SubTokenHeads(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.stack([head(h) for head in self.heads], dim=-2)
+
+
+class TiedMLMHead(nn.Module):
+    """ELM's masked-model head: hidden [B, T, dim] -> LayerNorm(GELU(fc(h))) @ table^T + bias -> logits
+    [B, T, 1, V], with `table` the (n = 1) token embedding's weights. The table is read, not owned (no
+    second copy in the state dict), and detached, as ELM does, so the head trains only fc, norm and bias."""
+
+    def __init__(self, dim: int, embedding: SubTokenEmbedding, eps: float = 1e-5):   # nn.LayerNorm's eps, as ELM
+        super().__init__()
+        if embedding.n != 1:
+            raise ValueError("a tied MLM head needs one token per position")
+        self.fc = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(embedding.table.num_embeddings))
+        object.__setattr__(self, "_embedding", embedding)   # a reference, not a submodule
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.norm(F.gelu(self.fc(h)))
+        return (x @ self._embedding.table.weight.detach().t() + self.bias).unsqueeze(-2)

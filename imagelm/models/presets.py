@@ -39,6 +39,12 @@ class GPTConfig:
     # "identity": prefix positions are not rotated (ours). "zero": LlamaGen's table, whose all-zero
     # prefix rows zero those queries/keys; only imported LlamaGen weights need it.
     prefix_rope: str = "identity"
+    # Null caption's mask for CFG: "all" (every position real, ours) or "same" (the caption's own
+    # padding mask, as LlamaGen's t2i sampler does); only imported LlamaGen text models need "same".
+    null_caption_mask: str = "all"
+    # Output head: "linear" (one Linear per sub-token, ours) or "tied-mlm" (ELM's masked model: an MLP
+    # + LayerNorm, then the token embedding table transposed, plus a bias); only imported ELM MLMs.
+    head: str = "linear"
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -51,6 +57,12 @@ class GPTConfig:
             raise ValueError(f"cond must be 'class' or 'text', not {self.cond!r}")
         if self.prefix_rope not in ("identity", "zero"):
             raise ValueError(f"prefix_rope must be 'identity' or 'zero', not {self.prefix_rope!r}")
+        if self.null_caption_mask not in ("all", "same"):
+            raise ValueError(f"null_caption_mask must be 'all' or 'same', not {self.null_caption_mask!r}")
+        if self.head not in ("linear", "tied-mlm"):
+            raise ValueError(f"head must be 'linear' or 'tied-mlm', not {self.head!r}")
+        if self.head == "tied-mlm" and self.num_subtokens != 1:
+            raise ValueError("a tied MLM head needs one token per position")
 
     @property
     def head_dim(self) -> int:
@@ -91,6 +103,7 @@ GPT_PRESETS: dict[str, dict] = {
     "GPT-1B": dict(n_layer=22, n_head=32, dim=2048),
     "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
     "GPT-7B": dict(n_layer=32, n_head=32, dim=4096),
+    "GPT-2B": dict(n_layer=48, n_head=28, dim=1792),     # ELM's largest AR model
     "GPT-XL-t2i": dict(n_layer=36, n_head=20, dim=1280, **_T2I),
     "GPT-1B-t2i": dict(n_layer=22, n_head=32, dim=2048, **_T2I),
     "GPT-3B-t2i": dict(n_layer=24, n_head=32, dim=3200, **_T2I),

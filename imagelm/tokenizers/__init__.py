@@ -1,7 +1,8 @@
 """Image tokenizers behind one interface: `encode(images) -> codes`, `decode(codes) -> images`.
 
-Kinds: "vq" (LlamaGen-style vector quantiser) and "bae" (ELM-style binary autoencoder). Each kind has a frozen config dataclass with named
-presets; `load_tokenizer` rebuilds one from a checkpoint directory alone.
+Kinds: "vq" (LlamaGen-style vector quantiser), "bae" (ELM-style binary autoencoder) and "bae-elm"
+(ELM's own BAE architecture, for weights imported by imagelm.compat). Each kind has a frozen config
+dataclass (vq and bae with named presets); `load_tokenizer` rebuilds one from a checkpoint directory alone.
 """
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 
 from imagelm import checkpoint
 from imagelm.tokenizers.bae import BAE_PRESETS, BAEConfig, BAEModel, bae_config
+from imagelm.tokenizers.bae_elm import ELMBAEConfig, ELMBAEModel
 from imagelm.tokenizers.vq import VQ_PRESETS, VQConfig, VQModel, vq_config
 
-TOKENIZER_KINDS = ("vq", "bae")
+TOKENIZER_KINDS = ("vq", "bae", "bae-elm")   # bae-elm: ELM's own architecture, for imported weights
 
 
 def tokenizer_presets() -> dict[str, str]:
@@ -33,6 +35,8 @@ def build_tokenizer(config) -> torch.nn.Module:
         return VQModel(config)
     if isinstance(config, BAEConfig):
         return BAEModel(config)
+    if isinstance(config, ELMBAEConfig):
+        return ELMBAEModel(config)
     raise TypeError(f"not a tokenizer config: {type(config).__name__}")
 
 
@@ -42,6 +46,8 @@ def config_from_meta(meta: dict):
         return VQConfig(**meta["config"])
     if meta["kind"] == "bae":
         return BAEConfig(**meta["config"])
+    if meta["kind"] == "bae-elm":
+        return ELMBAEConfig(**meta["config"])
     raise checkpoint.CheckpointError(f"{meta.get('path', 'checkpoint')} is a {meta['kind']!r} checkpoint, not a tokenizer")
 
 
