@@ -112,17 +112,25 @@ def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, causal: bool,
 def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of one query per row (a decode step): q [B, H, 1, hd], k/v [B, H, S, hd], mask bool
-    (True = attend) or additive float, broadcastable to [B, H, 1, S], or None -> [B, H, 1, hd].
+    (True = attend) or additive float, broadcastable to [B, H, 1, S], or None -> [B, H, 1, hd] in
+    q's dtype. Computed in the cache's dtype (the engine keeps float32 caches under bf16 weights).
 
-    On CPU two plain matmuls beat the fused kernel here: it pays its blocking set-up for a single
-    query and copies a cache slice that is not contiguous (measured in benchmarks/bench_sampling.py).
-    The scores are softmaxed in float32 whatever the dtype.
+    On CPU two plain float32 matmuls beat the fused kernel here: it pays its blocking set-up for a
+    single query. bf16 matmuls would copy the (non-contiguous) cache slice, so a bf16 cache takes a
+    broadcast product instead (benchmarks/bench_sampling.py measures the step). Softmax in float32.
     """
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)                             # [B, H, 1, S]
-    scores = scores.float()
+    out_dtype = q.dtype
+    q = q.to(k.dtype) * q.shape[-1] ** -0.5
+    if k.dtype == torch.float32:
+        scores = q @ k.transpose(-1, -2)                                                 # [B, H, 1, S]
+    else:
+        scores = (k * q).sum(-1).float().unsqueeze(-2)                                   # [B, H, 1, S]
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return scores.softmax(-1).to(v.dtype) @ v
+    probs = scores.softmax(-1).to(v.dtype)
+    if v.dtype == torch.float32:
+        return (probs @ v).to(out_dtype)                                                 # [B, H, 1, hd]
+    return (probs.transpose(-1, -2) * v).sum(-2, keepdim=True).to(out_dtype)
 
 
 class Attention(nn.Module):
@@ -151,11 +159,13 @@ class Attention(nn.Module):
         v = qkv[:, :, H + KV:].transpose(1, 2)                                           # [B, KV, T, hd]
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)                                 # [B, KV, S, hd]
+        single_query = T == 1 and not self.training and q.device.type == "cpu"
+        if not single_query:
             k, v = k.to(q.dtype), v.to(q.dtype)
         if self.kv_heads != self.n_head:
             k = k.repeat_interleave(self.n_head // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
-        if T == 1 and not self.training and q.device.type == "cpu":
+        if single_query:
             y = single_query_attention(q, k, v, mask)                                    # [B, H, 1, hd]
         else:
             is_causal = self.causal and mask is None and self.kv_cache is None

@@ -190,7 +190,9 @@ class Engine:
         self.prefix_len, self.length = config.cls_token_num, config.seq_len
         self.max_seq = self.prefix_len + self.length
         self.n_sub = config.num_subtokens
-        cache_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+        # float32 caches under bf16 weights too, on CPU: a decode step then reads them with float32
+        # matmuls in place (bf16 ones copy the slice), at the price of twice the cache memory.
+        cache_dtype = torch.bfloat16 if self.dtype == "bfloat16" and self.device.type != "cpu" else torch.float32
         self._plan = _StepPlan()
         self._caches = [SlotKVCache(rows, config.kv_heads, self.max_seq, config.head_dim, cache_dtype,
                                     self.device, self._plan) for _ in range(config.n_layer)]
