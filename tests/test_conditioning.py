@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imagelm.models import build_generator, count_params, gpt_config
+from imagelm.models import build_generator, count_params, gpt_config, transformer
 from imagelm.models.conditioning import CaptionEmbedder, TextCondition, cat_conditions
 from imagelm.sampling.autoregressive import SamplingOptions, generate
 from imagelm.train.generator import token_loss
@@ -66,7 +66,11 @@ def test_padding_positions_get_zero_attention_weight(model, monkeypatch):
     cond = _cond()
     pads = ~cond.mask                                                             # [B, T]
     records = []
+    # Decode steps on CPU take the single-query path; record its weights the same way.
+    recording = _recording_sdpa(records)
     monkeypatch.setattr(F, "scaled_dot_product_attention", _recording_sdpa(records))
+    monkeypatch.setattr(transformer, "single_query_attention",
+                        lambda q, k, v, mask: recording(q, k, v, attn_mask=mask))
     # Teacher forcing (no cache): every query but a padding position itself gives padding keys weight 0.
     model(torch.randint(0, 40, (3, 16)), cond)
     assert len(records) == model.config.n_layer

@@ -363,8 +363,8 @@ def test_imagelm_serve_answers_and_stops_cleanly_on_sigterm(tiny_generator):
         def one():
             try:
                 results.append(httpx.post(f"{base}/v1/images", json={"class": 0, "n": 4}, timeout=30).status_code)
-            except httpx.ConnectError:
-                results.append("refused")           # sent after the listener closed: fine
+            except httpx.TransportError:
+                results.append("refused")           # sent or read as the listener closed: fine
         threads = [threading.Thread(target=one) for _ in range(4)]
         for t in threads:
             t.start()
@@ -375,8 +375,9 @@ def test_imagelm_serve_answers_and_stops_cleanly_on_sigterm(tiny_generator):
             t.join(10)
         assert proc.returncode == 0, out
         assert "serving gpt" in out and "server stopped" in out
-        # Each request either finished (200), or arrived after the listener closed (refused).
-        assert len(results) == 4 and set(results) <= {200, "refused"}
+        # Each request either finished (200), was turned away while closing (503), or met the closed
+        # listener (refused); on a loaded machine any mix of these can happen.
+        assert len(results) == 4 and set(results) <= {200, 503, "refused"}, results
     finally:
         if proc.poll() is None:
             proc.kill()
