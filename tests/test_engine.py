@@ -161,3 +161,14 @@ def test_bad_requests_are_refused():
     mlm = build_generator(gpt_config("tiny", grid_size=4), kind="mlm")
     with pytest.raises(EngineError, match="autoregressive"):
         Engine(mlm)
+
+
+def test_api_sample_switches_dtypes_on_one_generator():
+    import imagelm
+    model = random_model()
+    fp32 = imagelm.sample(model, [1, 2], n=2, cfg_scale=2.0, seed=3, dtype="float32")
+    bf16 = imagelm.sample(model, [1, 2], n=2, cfg_scale=2.0, seed=3, dtype="bfloat16")
+    assert fp32.shape == bf16.shape == (4, 16, 1)
+    assert next(model.parameters()).dtype == torch.float32         # the caller's model is untouched
+    plain = imagelm.sample(model, [1, 2], n=2, cfg_scale=2.0, seed=3, engine="plain")
+    assert torch.equal(fp32, plain)

@@ -92,7 +92,9 @@ def prepare_model(model: nn.Module, dtype: str, inplace: bool = False) -> nn.Mod
         return model.eval()
     if quantized:
         raise EngineError(f"this model has int8 weights already; it cannot run in {dtype}")
-    model = model if inplace else copy.deepcopy(model)
+    if not inplace:   # the copy must not carry engines cached on the model (imagelm.api.engine_for)
+        cached = model.__dict__.get("_engines")
+        model = copy.deepcopy(model, memo={id(cached): {}} if cached is not None else None)
     model = model.to(target).eval()
     if dtype == "int8":
         with warnings.catch_warnings():   # the API works; it only points at torchao for the future
