@@ -51,3 +51,15 @@ def test_rising_schedules_go_from_1_to_the_scale(schedule):
     mid = cfg_scale_at(5, 11, 4.0, schedule)   # progress 0.5
     expected = {"linear": 2.5, "cos": 2.5, "log": 1 + 3 * 0.6201145, "square": 1.75, "square_root": 1 + 3 * 0.70710678}
     assert mid == pytest.approx(expected[schedule], rel=1e-5)
+
+
+def test_draw_rows_follows_the_probabilities_and_never_picks_zero():
+    from imagelm.sampling.logits import draw_rows
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(100_000, 1)
+    counts = torch.bincount(draw_rows(probs, g), minlength=5).float() / len(probs)
+    assert counts[1] == 0 and counts[4] == 0                       # zero mass, even at the end
+    assert torch.allclose(counts, probs[0], atol=0.01)
+    one_hot = torch.zeros(3, 7)
+    one_hot[:, 6] = 2.0                                            # unnormalised rows are fine
+    assert torch.equal(draw_rows(one_hot, g), torch.tensor([6, 6, 6]))

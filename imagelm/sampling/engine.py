@@ -37,7 +37,7 @@ from tqdm import tqdm
 from imagelm.models.conditioning import cat_conditions
 from imagelm.models.transformer import attention_mask, rope_2d_table
 from imagelm.sampling.autoregressive import SamplingOptions
-from imagelm.sampling.logits import cfg_scale_at
+from imagelm.sampling.logits import cfg_scale_at, draw_rows
 
 ENGINE_DTYPES = ("auto", "float32", "bfloat16", "int8")
 
@@ -494,5 +494,5 @@ class Engine:
                 tokens[start:end] = raw[start:end].argmax(-1)   # temperature 0 / top-k 1: no draw
             else:
                 flat = probs[start:end].reshape(-1, probs.shape[-1])
-                tokens[start:end] = torch.multinomial(flat, 1, generator=r.generator).view(end - start, -1)
+                tokens[start:end] = draw_rows(flat, r.generator).view(end - start, -1)
         return tokens

