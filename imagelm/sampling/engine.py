@@ -259,10 +259,10 @@ class Engine:
         (with their prefill), then one sampled token for each. Returns the requests finished now."""
         finished = self._drop_cancelled()
         decoded = self._decode() if self._running else None                   # [used, n_sub, V]
-        admitted = self._admit()
+        prefilled = self._admit()
         if not self._running:
             return finished
-        logits = self._merge_logits(decoded, admitted)
+        logits = self._merge_logits(decoded, prefilled)
         self._sample_and_advance(logits)
         for request in [r for r in self._running if r.generated == self.length]:
             self._release(request)
@@ -312,8 +312,9 @@ class Engine:
         self._free = sorted(self._free + request.rows)
         self._batch_cache = None
 
-    def _admit(self) -> list[Request]:
-        """Move waiting requests (first come, first served) into free rows and prefill them."""
+    def _admit(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Move waiting requests (first come, first served) into free rows and prefill them
+        -> (their rows [B], token-0 logits [B, n_sub, V]), or None when none was admitted."""
         admitted = []
         with self._lock:
             while self._waiting:
@@ -325,14 +326,13 @@ class Engine:
                 request.rows, self._free = self._free[:need], self._free[need:]
                 admitted.append(request)
         if not admitted:
-            return admitted
+            return None
         for request in admitted:
             request.tokens = torch.empty(request.n, self.length, self.n_sub, dtype=torch.long, device=self.device)
             request.generator = torch.Generator(self.device).manual_seed(request.seed)
             self._running.append(request)
         self._batch_cache = None
-        self._prefill(admitted)
-        return admitted
+        return self._prefill(admitted)
 
     def _forward(self, h: torch.Tensor, rope: torch.Tensor, mask) -> torch.Tensor:
         """The model's blocks, final norm and heads with the engine's caches plugged in:
@@ -350,8 +350,9 @@ class Engine:
         h = self.model.trunk.norm(h[:, -1])                                    # [B, dim]
         return self.model.output(h).float()                                    # [B, n_sub, V]
 
-    def _prefill(self, admitted: list[Request]) -> None:
-        """Run the admitted requests' condition prefixes into their rows; keep token-0 logits."""
+    def _prefill(self, admitted: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the admitted requests' condition prefixes into their rows -> (rows [B], token-0 logits
+        [B, n_sub, V])."""
         conds = []
         for request in admitted:
             conds.append(request.cond)
@@ -368,9 +369,10 @@ class Engine:
         positions = torch.arange(P, device=self.device)
         mask = attention_mask(positions, positions, True, prefix_mask) if P > 1 or prefix_mask is not None else None
         self._plan.rows, self._plan.positions, self._plan.read_length = rows, positions, None
-        self._prefill_logits = (rows, self._forward(h, self._rope[:P], mask))  # [B, n_sub, V]
+        logits = self._forward(h, self._rope[:P], mask)                       # [B, n_sub, V]
         for row in rows.tolist():
             self._row_pos[row] = P                 # token 0 will sit at position P
+        return rows, logits
 
     def _decode(self) -> torch.Tensor:
         """Feed each running row its last token at its own position -> logits [used, n_sub, V].
@@ -393,17 +395,17 @@ class Engine:
                 self._row_pos[row] += 1
         return logits
 
-    def _merge_logits(self, decoded: torch.Tensor | None, admitted: list[Request]) -> torch.Tensor:
-        """One logits tensor indexed by row: [used, n_sub, V]."""
-        if not admitted:
+    def _merge_logits(self, decoded: torch.Tensor | None, prefilled: tuple | None) -> torch.Tensor:
+        """Decode logits [used_before, n_sub, V] and the prefill's (rows, logits) -> one tensor indexed by
+        row, [used, n_sub, V]."""
+        if prefilled is None:
             return decoded
-        rows, fresh = self._prefill_logits
+        rows, fresh = prefilled
         used = max(row for r in self._running for row in r.rows) + 1
         logits = torch.zeros(used, self.n_sub, fresh.shape[-1], device=self.device)
         if decoded is not None:
             logits[: decoded.shape[0]] = decoded
         logits[rows] = fresh
-        self._prefill_logits = None
         return logits
 
     def _batch(self) -> dict:
@@ -469,24 +471,21 @@ class Engine:
         raw = x
         if b["any_temperature"]:   # divide per request by the Python float, exactly as sample_tokens does
             x = torch.cat([x[start:end] / max(r.options.temperature, 1e-9) for r, start, end in b["spans"]])
-        if b["any_k"] or b["any_p"]:
-            V = x.shape[-1]
-            ks = b["ks"].clamp(max=V)
-            if b["any_k"] and not b["any_p"]:
-                top = torch.topk(x, b["kmax"], dim=-1).values                       # [I, n_sub, kmax]
-                kth = top.gather(-1, (ks - 1).clamp(min=0)[:, None, None].expand(-1, x.shape[1], 1))
-                kth = torch.where((ks > 0)[:, None, None], kth, torch.full_like(kth, float("-inf")))
-                x = x.masked_fill(x < kth, float("-inf"))
-            else:
-                sorted_x, order = torch.sort(x, dim=-1, descending=True)
-                if b["any_k"]:
-                    kth = sorted_x.gather(-1, (ks - 1).clamp(min=0)[:, None, None].expand(-1, x.shape[1], 1))
-                    kth = torch.where((ks > 0)[:, None, None], kth, torch.full_like(kth, float("-inf")))
-                    x = x.masked_fill(x < kth, float("-inf"))
-                    sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
-                probs_sorted = sorted_x.softmax(-1)
-                drop_sorted = ((probs_sorted.cumsum(-1) - probs_sorted) >= b["ps"]) & (b["ps"] < 1)
-                x = x.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        if b["any_p"]:
+            sorted_x, order = torch.sort(x, dim=-1, descending=True)                    # [I, n_sub, V]
+        if b["any_k"]:
+            # Each image's k-th largest value (-inf where top-k is off), from the sort when there is one.
+            top = sorted_x if b["any_p"] else torch.topk(x, b["kmax"], dim=-1).values
+            ks = b["ks"].clamp(max=x.shape[-1])
+            kth = top.gather(-1, (ks - 1).clamp(min=0)[:, None, None].expand(-1, x.shape[1], 1))
+            kth = torch.where((ks > 0)[:, None, None], kth, torch.full_like(kth, float("-inf")))
+            x = x.masked_fill(x < kth, float("-inf"))
+            if b["any_p"]:
+                sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
+        if b["any_p"]:
+            probs_sorted = sorted_x.softmax(-1)
+            drop_sorted = ((probs_sorted.cumsum(-1) - probs_sorted) >= b["ps"]) & (b["ps"] < 1)
+            x = x.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
         probs = x.softmax(-1)
         tokens = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
         for (r, start, end), greedy in zip(b["spans"], b["greedy"]):
