@@ -141,3 +141,27 @@ def save_checkpoint(out_dir, meta: dict, model: torch.nn.Module) -> Path:
         # Saving step 0 beside a run's newer checkpoints would hide it (or prune it): never mix them.
         raise CompatError(f"{out} already holds a checkpoint; convert into a new directory")
     return checkpoint.save(out, 0, meta, model.state_dict(), keep=1)
+
+
+# The Llama trunk's names, the same in LlamaGen's and ELM's GPTs.
+LLAMA_TRUNK_RENAMES = {
+    "norm.weight": "trunk.norm.weight",
+    "output.weight": "output.heads.0.weight",
+    "cls_embedding.embedding_table.weight": "cond_embedder.embedding_table.weight",
+}
+
+
+def rename_gpt_keys(state: dict, exact: dict[str, str], patterns: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    """Source GPT key -> our ARGenerator key, for every key of `state`: blocks (`layers.*`) move under
+    `trunk.`, then the `exact` names, then the first (regex, template) of `patterns` that matches; a key
+    none of them knows maps to itself, so check_shapes names it as having no place in the model."""
+    out = {}
+    for k in state:
+        if k.startswith("layers."):
+            out[k] = "trunk." + k
+        elif k in exact:
+            out[k] = exact[k]
+        else:
+            out[k] = next((m.expand(template) for pattern, template in patterns
+                           if (m := re.fullmatch(pattern, k))), k)
+    return out

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from imagelm.compat.common import CompatError, block_indices, build_and_load, float32, read_file, unwrap
+from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
+                                   read_file, rename_gpt_keys, unwrap)
 from imagelm.models import ARGenerator, MaskedGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig
 from imagelm.tokenizers.bae_elm import ELMBAEConfig, ELMBAEModel
@@ -183,28 +184,18 @@ def load_elm_bae(path, image_size: int | None = None, bits: int | None = None) -
 
 # ---------------------------------------------------------------------------------------------- GPT
 
+_GPT_RENAMES = {
+    **LLAMA_TRUNK_RENAMES,
+    "tok_embedder.weight": "tok_embeddings.table.weight",
+    "proj.weight": "tok_embeddings.proj.weight",
+}
+_GPT_PATTERNS = ((r"tok_embedder\.(\d+)\.weight", r"tok_embeddings.tables.\1.weight"),
+                 (r"output\.(\d+)\.weight", r"output.heads.\1.weight"))
+
+
 def _gpt_renames(state: dict) -> dict[str, str]:
-    out = {}
-    for k in state:
-        if k.startswith("layers."):
-            out[k] = "trunk." + k
-        elif k == "norm.weight":
-            out[k] = "trunk.norm.weight"
-        elif k == "cls_embedding.embedding_table.weight":
-            out[k] = "cond_embedder.embedding_table.weight"
-        elif k == "tok_embedder.weight":
-            out[k] = "tok_embeddings.table.weight"
-        elif k == "output.weight":
-            out[k] = "output.heads.0.weight"
-        elif k == "proj.weight":
-            out[k] = "tok_embeddings.proj.weight"
-        elif m := re.fullmatch(r"tok_embedder\.(\d+)\.weight", k):
-            out[k] = f"tok_embeddings.tables.{m.group(1)}.weight"
-        elif m := re.fullmatch(r"output\.(\d+)\.weight", k):
-            out[k] = f"output.heads.{m.group(1)}.weight"
-        else:
-            out[k] = k
-    return out
+    """ELM GPT key -> our generator key (n-m vocabularies: one table and one head per sub-token)."""
+    return rename_gpt_keys(state, _GPT_RENAMES, _GPT_PATTERNS)
 
 
 def elm_gpt_config(state: dict, src: str, preset: str | None, image_size: int | None) -> tuple[GPTConfig, str]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from imagelm.atomic import atomic_file
-from imagelm.compat.common import CompatError, block_indices, build_and_load, float32, read_file, unwrap
+from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
+                                   read_file, rename_gpt_keys, unwrap)
 from imagelm.models import ARGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig
 from imagelm.tokenizers.vq import VQ_PRESETS, VQConfig, VQModel
@@ -31,29 +32,18 @@ T2I_NULL_TOKENS = 120
 
 # ---------------------------------------------------------------------------------------------- GPT
 
+_GPT_RENAMES = {
+    **LLAMA_TRUNK_RENAMES,
+    "tok_embeddings.weight": "tok_embeddings.table.weight",
+    "cls_embedding.cap_proj.fc1.weight": "cond_embedder.mlp.0.weight",
+    "cls_embedding.cap_proj.fc2.weight": "cond_embedder.mlp.2.weight",
+    "cls_embedding.uncond_embedding": "cond_embedder.null_caption",
+}
+
+
 def _gpt_renames(state: dict) -> dict[str, str]:
     """LlamaGen GPT key -> our ARGenerator key, for every key we import (others are refused later)."""
-    out = {}
-    for k in state:
-        if k.startswith("layers."):
-            out[k] = "trunk." + k
-        elif k == "norm.weight":
-            out[k] = "trunk.norm.weight"
-        elif k == "tok_embeddings.weight":
-            out[k] = "tok_embeddings.table.weight"
-        elif k == "output.weight":
-            out[k] = "output.heads.0.weight"
-        elif k == "cls_embedding.embedding_table.weight":
-            out[k] = "cond_embedder.embedding_table.weight"
-        elif k == "cls_embedding.cap_proj.fc1.weight":
-            out[k] = "cond_embedder.mlp.0.weight"
-        elif k == "cls_embedding.cap_proj.fc2.weight":
-            out[k] = "cond_embedder.mlp.2.weight"
-        elif k == "cls_embedding.uncond_embedding":
-            out[k] = "cond_embedder.null_caption"
-        else:
-            out[k] = k  # unknown: check_shapes names it as having no place in the model
-    return out
+    return rename_gpt_keys(state, _GPT_RENAMES)
 
 
 def _ignored_gpt_key(k: str) -> bool:
