@@ -75,15 +75,9 @@ class BinaryQuantizer(nn.Module):
         return self.embed_bits(bits), hard.to(torch.uint8).permute(0, 2, 3, 1).contiguous(), losses
 
 
-class BAEModel(nn.Module):
-    """The binary autoencoder. images [B, 3, H, W] in [-1, 1] <-> codes [B, H/f, W/f, D] uint8 bits."""
-
-    def __init__(self, config: BAEConfig):
-        super().__init__()
-        self.config = c = config
-        self.encoder = Encoder(c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.attn, c.dropout)
-        self.decoder = Decoder(c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.attn, c.dropout)
-        self.quantize = BinaryQuantizer(c.z_channels, c.bits)
+class BinaryCodes(nn.Module):
+    """What a binary autoencoder with `config` (grid_size, bits) and `quantize` (BinaryQuantizer) exposes
+    about its codes, shared by ours (BAEModel) and ELM's (tokenizers/bae_elm.py)."""
 
     @property
     def codes_shape(self) -> tuple[int, int]:
@@ -97,6 +91,22 @@ class BAEModel(nn.Module):
     def vocab_size(self) -> int:
         """Number of distinct codes a position can take: 2^D."""
         return 2 ** self.config.bits
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """bits [B, h, w, D] -> the decoder's input [B, z_channels, h, w] (summed bit embeddings)."""
+        return self.quantize.embed_bits(codes.permute(0, 3, 1, 2).to(self.quantize.embed.weight.dtype))
+
+
+class BAEModel(BinaryCodes):
+    """The binary autoencoder. images [B, 3, H, W] in [-1, 1] <-> codes [B, H/f, W/f, D] uint8 bits."""
+
+    def __init__(self, config: BAEConfig):
+        super().__init__()
+        self.config = c = config
+        self.encoder = Encoder(c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.attn, c.dropout)
+        self.decoder = Decoder(c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.attn, c.dropout)
+        self.quantize = BinaryQuantizer(c.z_channels, c.bits)
+
 
     def forward(self, images: torch.Tensor):
         """Training pass (Bernoulli bits): images -> (reconstruction, codes [B, h, w, D], losses)."""
@@ -114,8 +124,7 @@ class BAEModel(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """bits [B, h, w, D] -> images [B, 3, h*f, w*f], clamped to [-1, 1]."""
-        bits = codes.permute(0, 3, 1, 2).to(self.quantize.embed.weight.dtype)
-        return self.decoder(self.quantize.embed_bits(bits)).clamp(-1, 1)
+        return self.decoder(self.embed_codes(codes)).clamp(-1, 1)
 
 
 def code_ids(codes: torch.Tensor) -> torch.Tensor:

@@ -11,18 +11,17 @@ Its quantiser is ours (`BinaryQuantizer`: sigmoid bit probabilities, 0.5 thresho
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from imagelm.tokenizers.bae import BinaryQuantizer
-from imagelm.tokenizers.blocks import Downsample, Level, Upsample, group_norm, middle
+from imagelm.tokenizers.bae import BinaryCodes, BinaryQuantizer
+from imagelm.tokenizers.blocks import Downsample, GridGeometry, Level, Upsample, group_norm, middle
 
 
 @dataclass(frozen=True)
-class ELMBAEConfig:
+class ELMBAEConfig(GridGeometry):
     """The shape of an ELM binary autoencoder (its hparams: nf, ch_mult, res_blocks, emb_dim, codebook_size
     = bits, attn_resolutions, gen_mul, norm_first). Inference only: ELM's losses are not reproduced."""
     image_size: int = 256
@@ -40,20 +39,7 @@ class ELMBAEConfig:
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        if self.image_size % self.downsample:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsample factor "
-                             f"{self.downsample}")
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.downsample
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        self.check_image_size()
 
 
 class ELMEncoder(nn.Module):
@@ -112,7 +98,7 @@ class ELMDecoder(nn.Module):
         return self.conv_out(self.norm_out(h))
 
 
-class ELMBAEModel(nn.Module):
+class ELMBAEModel(BinaryCodes):
     """ELM's binary autoencoder. images [B, 3, H, W] in [-1, 1] <-> codes [B, H/f, W/f, D] uint8 bits."""
 
     def __init__(self, config: ELMBAEConfig):
@@ -121,18 +107,6 @@ class ELMBAEModel(nn.Module):
         self.encoder = ELMEncoder(config)
         self.decoder = ELMDecoder(config)
         self.quantize = BinaryQuantizer(config.z_channels, config.bits)
-
-    @property
-    def codes_shape(self) -> tuple[int, int]:
-        return (self.config.grid_size, self.config.grid_size)
-
-    @property
-    def code_bits(self) -> int:
-        return self.config.bits
-
-    @property
-    def vocab_size(self) -> int:
-        return 2 ** self.config.bits
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, stochastic: bool = False,
@@ -143,6 +117,5 @@ class ELMBAEModel(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """bits [B, h, w, D] -> images [B, 3, h*f, w*f] in [-1, 1] (ELM's [0, 1] output, clamped, rescaled)."""
-        bits = codes.permute(0, 3, 1, 2).to(self.quantize.embed.weight.dtype)
-        return (self.decoder(self.quantize.embed_bits(bits)) * 2 - 1).clamp(-1, 1)
+        return (self.decoder(self.embed_codes(codes)) * 2 - 1).clamp(-1, 1)
 

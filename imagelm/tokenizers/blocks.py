@@ -14,8 +14,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class GridGeometry:
+    """For a config with `image_size` and `ch_mult`: the downsample factor, the code grid, a size check
+    and the JSON dict. Shared by our autoencoder configs and imported ones (ELM's BAE)."""
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.downsample
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def check_image_size(self) -> None:
+        if self.image_size % self.downsample:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsample factor "
+                             f"{self.downsample}")
+
+
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(GridGeometry):
     """What every conv autoencoder tokenizer shares: its shape and its training-loss weights.
 
     VQConfig and BAEConfig add their quantiser's fields (and may change these defaults).
@@ -36,19 +57,7 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        if self.image_size % self.downsample:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsample factor {self.downsample}")
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.downsample
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        self.check_image_size()
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
