@@ -1,14 +1,12 @@
 """ELM imports checked against a reference written here from ELM's published behaviour (bae/binaryae.py,
 llama/ar_model.py): tiny random weights in ELM's key layout, and a plain recomputation of its forward."""
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from imagelm.compat import CompatError, load_elm_bae, load_elm_gpt, load_foreign
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from test_compat_llamagen import DIM, GRID, HIDDEN, N_LAYER, llamagen_gpt_state, ref_trunk
+from test_compat_llamagen import DIM, GRID, HIDDEN, N_LAYER, conv_norm_writers, llamagen_gpt_state, ref_trunk
 
 NF, EMB, BITS, IMG = 32, 32, 8, 8          # ch_mult (1, 2): 8x8 images -> 4x4 positions of 8 bits
 
@@ -19,13 +17,7 @@ def elm_bae_file_state(norm_first=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     sd, kinds = {}, {"encoder": [], "generator": []}
 
-    def conv(name, cin, cout, k):
-        sd[name + ".weight"] = torch.randn(cout, cin, k, k, generator=g) / math.sqrt(cin * k * k)
-        sd[name + ".bias"] = torch.randn(cout, generator=g) * 0.1
-
-    def norm(name, c):
-        sd[name + ".weight"] = 1 + torch.randn(c, generator=g) * 0.1
-        sd[name + ".bias"] = torch.randn(c, generator=g) * 0.1
+    conv, norm = conv_norm_writers(sd, g)
 
     def add(part, kind, cin, cout=None):
         name = f"ae.{part}.blocks.{len(kinds[part])}"

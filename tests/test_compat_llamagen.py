@@ -273,12 +273,9 @@ def test_convert_writes_our_checkpoint(c2i_file, tmp_path):
 
 # ------------------------------------------------------------------------------------------- VQ
 
-def llamagen_vq_state(ch=32, ch_mult=(1, 2), z=32, codes=16, dim=4, seed=0) -> dict:
-    """Random weights in LlamaGen's VQModel key layout (encoder/decoder conv_blocks with res/attn lists,
-    downsample/upsample, mid, quantize.embedding, quant_conv, post_quant_conv, codebook_used)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-
+def conv_norm_writers(sd: dict, g: torch.Generator):
+    """conv(name, cin, cout, k) and norm(name, c): write seeded random conv / GroupNorm weights and biases
+    into sd under `name` (shared by the LlamaGen VQ and ELM BAE fixtures)."""
     def conv(name, cin, cout, k):
         sd[name + ".weight"] = torch.randn(cout, cin, k, k, generator=g) / math.sqrt(cin * k * k)
         sd[name + ".bias"] = torch.randn(cout, generator=g) * 0.1
@@ -286,6 +283,16 @@ def llamagen_vq_state(ch=32, ch_mult=(1, 2), z=32, codes=16, dim=4, seed=0) -> d
     def norm(name, c):
         sd[name + ".weight"] = 1 + torch.randn(c, generator=g) * 0.1
         sd[name + ".bias"] = torch.randn(c, generator=g) * 0.1
+    return conv, norm
+
+
+def llamagen_vq_state(ch=32, ch_mult=(1, 2), z=32, codes=16, dim=4, seed=0) -> dict:
+    """Random weights in LlamaGen's VQModel key layout (encoder/decoder conv_blocks with res/attn lists,
+    downsample/upsample, mid, quantize.embedding, quant_conv, post_quant_conv, codebook_used)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+
+    conv, norm = conv_norm_writers(sd, g)
 
     def res(name, cin, cout):
         norm(name + ".norm1", cin), conv(name + ".conv1", cin, cout, 3)
