@@ -27,7 +27,8 @@ import torch.nn as nn
 
 from imagelm.models import build_generator, gpt_config
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from imagelm.sampling.engine import Engine, choose_engine_dtype, prepare_model
+from imagelm.runtime import choose_sampling_dtype
+from imagelm.sampling.engine import Engine, prepare_model
 
 
 def cpu_capability() -> str:
@@ -112,7 +113,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20, help="repetitions of the GEMM floor")
     a = p.parse_args()
     device = torch.device(a.device)
-    auto, why = choose_engine_dtype(device, "auto")
+    auto, why = choose_sampling_dtype(device, "auto")
     dtypes = a.dtypes or (["float32"] + ([auto] if auto != "float32" else []))
     print(f"# device: {device} — {cpu_capability() if device.type == 'cpu' else torch.cuda.get_device_name(device)}")
     print(f"# auto dtype here: {auto} ({why}); CFG {a.cfg}, top-k {a.top_k}; times are ms per decode step")

@@ -171,13 +171,13 @@ def _sample(a) -> None:
 
 
 def _say_sampler(gen, a) -> None:
-    from imagelm.sampling.engine import choose_engine_dtype
+    from imagelm.runtime import choose_sampling_dtype
     if getattr(gen, "kind", "ar") != "ar":
         print(f"sampler: masked parallel decoding, {a.steps} steps")
     elif a.engine == "plain":
         print("sampler: plain (reference), float32")
     else:
-        dtype, why = choose_engine_dtype(next(gen.parameters()).device, a.dtype)
+        dtype, why = choose_sampling_dtype(next(gen.parameters()).device, a.dtype)
         print(f"sampler: engine, {dtype} ({why})")
 
 

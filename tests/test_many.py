@@ -4,7 +4,7 @@ import pytest
 from imagelm.cli import main
 from imagelm.eval.fid import load_images_npz
 from imagelm.sampling import many
-from imagelm.train.loop import Runtime
+from imagelm.runtime import Runtime
 
 
 def _run(ckpt, out, **kw):
@@ -49,10 +49,10 @@ def test_resumes_after_an_interruption(reference, tiny_generator, tmp_path, monk
 
 
 def test_ranks_split_the_chunks_and_give_the_same_file(reference, tiny_generator, tmp_path, monkeypatch):
-    monkeypatch.setattr(many.loop, "barrier", lambda rt: None)
-    monkeypatch.setattr(many.loop, "cleanup_runtime", lambda rt: None)
+    monkeypatch.setattr(many.runtime, "barrier", lambda rt: None)
+    monkeypatch.setattr(many.runtime, "cleanup_runtime", lambda rt: None)
     for rank in (1, 0):  # rank 1 first: rank 0 then finds its share done and assembles
-        monkeypatch.setattr(many.loop, "setup_runtime", lambda device, r=rank: Runtime(device="cpu", rank=r,
+        monkeypatch.setattr(many.runtime, "setup_runtime", lambda device, r=rank: Runtime(device="cpu", rank=r,
                                                                                         world_size=2))
         result = _run(tiny_generator, tmp_path / "s.npz")
         if rank == 1:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from imagelm import checkpoint
+from imagelm import checkpoint, runtime
 from imagelm.train import loop
 
 KIND = "classifier"
@@ -118,7 +118,7 @@ def train_classifier(args: ClassifierTrainArgs) -> Path:
     from imagelm.data.batches import InMemoryImages
     if args.steps < 1 or args.batch_size < 1:
         raise ValueError(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
-    rt = loop.setup_runtime(args.device)
+    rt = runtime.setup_runtime(args.device)
     train_set = build_dataset(args.data, image_size=args.image_size, split="train", seed=args.seed,
                               length=args.data_length)
     test_set = build_dataset(args.data, image_size=args.image_size, seed=args.seed,

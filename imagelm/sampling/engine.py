@@ -35,50 +35,24 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from imagelm.models.conditioning import cat_conditions
+from imagelm.runtime import SAMPLING_DTYPES, choose_sampling_dtype, int8_available  # noqa: F401
 from imagelm.models.transformer import attention_mask, rope_2d_table
 from imagelm.sampling.autoregressive import SamplingOptions
 from imagelm.sampling.logits import cfg_scale_at, draw_rows
 
-ENGINE_DTYPES = ("auto", "float32", "bfloat16", "int8")
+ENGINE_DTYPES = SAMPLING_DTYPES
 
 
 class EngineError(ValueError):
     """A request the engine cannot take (too many images, wrong condition); the message is one line."""
 
 
-def int8_available() -> bool:
-    """True when this torch build has a CPU engine for int8 dynamically quantised linears."""
-    engines = torch.backends.quantized.supported_engines
-    return any(e in engines for e in ("x86", "fbgemm"))
-
-
-def choose_engine_dtype(device: torch.device | str, requested: str = "auto",
-                        native_bf16: bool | None = None, has_int8: bool | None = None) -> tuple[str, str]:
-    """The dtype the engine runs in, and why: -> (one of float32/bfloat16/int8, a short reason).
-
-    auto: bfloat16 on CUDA with bf16 support and on CPUs with native bf16 (AVX-512 BF16 or AMX);
-    on other CPUs (AVX2), where bf16 is emulated and ~8x slower than fp32, int8 weights when this
-    torch has an int8 engine, else float32. `native_bf16` / `has_int8` override the detection (tests).
-    """
-    from imagelm.train.loop import cpu_has_native_bf16
-    device = torch.device(device)
-    if requested not in ENGINE_DTYPES:
-        raise EngineError(f"unknown dtype {requested!r}; choose one of {', '.join(ENGINE_DTYPES)}")
-    if requested != "auto":
-        if requested == "int8" and device.type != "cpu":
-            raise EngineError("int8 weights are a CPU path; use bfloat16 on CUDA")
-        return requested, "as asked"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bfloat16", "CUDA with bf16"
-        return "float32", "this GPU has no bf16"
-    native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
-    if native_bf16:
-        return "bfloat16", "this CPU has native bf16"
-    has_int8 = int8_available() if has_int8 is None else has_int8
-    if has_int8:
-        return "int8", "this CPU has no native bf16; int8 weights stream 4x fewer bytes"
-    return "float32", "this CPU has no native bf16 and torch has no int8 engine"
+def choose_engine_dtype(device: torch.device | str, requested: str = "auto", **detected) -> tuple[str, str]:
+    """runtime.choose_sampling_dtype, its one-line ValueError raised as an EngineError."""
+    try:
+        return choose_sampling_dtype(device, requested, **detected)
+    except ValueError as e:
+        raise EngineError(str(e)) from None
 
 
 def prepare_model(model: nn.Module, dtype: str, inplace: bool = False) -> nn.Module:

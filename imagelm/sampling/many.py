@@ -25,8 +25,7 @@ from tqdm import tqdm
 
 from imagelm.atomic import atomic_file
 from imagelm.eval.fid import open_npz, write_npz_atomic
-from imagelm.sampling.engine import choose_engine_dtype
-from imagelm.train import loop
+from imagelm import runtime
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -51,7 +50,7 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
     parts = out.with_name(out.name + ".parts")
     if out.exists() and not parts.exists():
         raise ValueError(f"{out} already exists; remove it or choose another --out")
-    rt = loop.setup_runtime(device)
+    rt = runtime.setup_runtime(device)
     try:
         gen = imagelm.load(ckpt, rt.device)
         tok = imagelm.linked_tokenizer(gen.meta, tokenizer, rt.device)
@@ -60,13 +59,13 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
         labels = np.array([ids[i % len(ids)] for i in range(n)], dtype=np.int64)
         if engine == "engine" and getattr(gen, "kind", "ar") == "ar":
             # Record what auto means here: a resumed run on another machine must not switch dtypes.
-            dtype = choose_engine_dtype(rt.device, dtype)[0]
+            dtype = runtime.choose_sampling_dtype(rt.device, dtype)[0]
         plan = {"ckpt": gen.meta["path"], "n": n, "batch_size": batch_size, "seed": seed, "classes": ids,
                 "cfg_scale": cfg_scale, "cfg_schedule": cfg_schedule, "cfg_interval": cfg_interval,
                 "temperature": temperature, "top_k": top_k, "top_p": top_p, "engine": engine, "dtype": dtype}
         if rt.is_main:
             _start_or_check(parts, plan)
-        loop.barrier(rt)
+        runtime.barrier(rt)
         if not rt.is_main:
             _start_or_check(parts, plan)
         num_chunks = math.ceil(n / batch_size)
@@ -80,7 +79,7 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
                                     top_p=top_p, seed=chunk_seed(seed, c), engine=engine, dtype=dtype)
             images = to_uint8(imagelm.decode_tokens(tokens, tok).float())  # [b, H, W, 3]
             write_npz_atomic(_chunk_path(parts, c), arr_0=images, arr_1=cond.numpy())
-        loop.barrier(rt)
+        runtime.barrier(rt)
         if not rt.is_main:
             return None
         missing = [c for c in range(num_chunks) if not _chunk_path(parts, c).exists()]
@@ -92,7 +91,7 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
         shutil.rmtree(parts, ignore_errors=True)
         return out
     finally:
-        loop.cleanup_runtime(rt)
+        runtime.cleanup_runtime(rt)
 
 
 def _chunk_path(parts: Path, c: int) -> Path:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from imagelm import checkpoint
+from imagelm import checkpoint, runtime
 from imagelm.data.codes import CodesDataset
 from imagelm.data.sampler import code_batch_loader
 from imagelm.models import GPTConfig, build_generator, gpt_config
@@ -126,14 +126,14 @@ def generator_loss(kind: str, model, tokens: torch.Tensor, cond: torch.Tensor) -
 
 def train_generator(args: GeneratorTrainArgs) -> Path:
     """Train a generator as `args` says; returns the final checkpoint directory."""
-    rt = loop.setup_runtime(args.device)
+    rt = runtime.setup_runtime(args.device)
     try:
         return _train(args, rt)
     finally:
-        loop.cleanup_runtime(rt)
+        runtime.cleanup_runtime(rt)
 
 
-def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
+def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
     out = Path(args.out)
     strategy = parallel.resolve_strategy(args.strategy, rt.world_size)
     metrics = MetricsLog(out, rt.is_main, args.log)  # fails early when tensorboard is missing
@@ -143,8 +143,8 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
     if args.batch_size % rt.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {rt.world_size} ranks")
     micro = parallel.split_micro(args.batch_size // rt.world_size, args.grad_accum)
-    dtype = loop.choose_autocast_dtype(rt.device, args.precision)
-    rt.print(loop.describe_precision(rt.device, dtype, args.precision))
+    dtype = runtime.choose_autocast_dtype(rt.device, args.precision)
+    rt.print(runtime.describe_precision(rt.device, dtype, args.precision))
 
     torch.manual_seed(args.seed)
     model = build_generator(config, args.kind).to(rt.device)
@@ -198,7 +198,7 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
             cond = conds[part].to(rt.device)
             # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) only on the last micro-batch.
             with parallel.grad_sync(train_model, strategy, sync=i == len(micro) - 1):
-                with loop.autocast(rt.device, autocast_dtype):
+                with runtime.autocast(rt.device, autocast_dtype):
                     loss = generator_loss(args.kind, train_model, tok, cond) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
@@ -226,7 +226,7 @@ def _train(args: GeneratorTrainArgs, rt: loop.Runtime) -> Path:
                     if rt.is_main:
                         final = checkpoint.save(out, step + 1, meta, model.state_dict(), ema.state_dict(),
                                                 {"step": step + 1, "optimizer": opt.state_dict()}, keep=args.keep)
-                    loop.barrier(rt)
+                    runtime.barrier(rt)
     bar.close()
     metrics.close()
     if args.steps <= start_step:
@@ -242,7 +242,7 @@ def config_params(config: GPTConfig, kind: str) -> int:
 
 
 def _resume(args: GeneratorTrainArgs, out: Path, config, model, ema, opt, strategy: str,
-            optimizer_params: list[str], rt: loop.Runtime) -> int:
+            optimizer_params: list[str], rt: runtime.Runtime) -> int:
     """Load the checkpoint --resume names into model, ema and opt (however they are distributed);
     return the step to continue from (0: start fresh)."""
     ckpt = loop.resume_checkpoint(args.resume, out)

@@ -1,5 +1,5 @@
-"""Pieces shared by every training loop: runtime (device, torchrun/DDP), precision, optimizer,
-learning-rate schedule, EMA, deterministic batches, and exact resume.
+"""Pieces shared by every training loop: optimizer, learning-rate schedule, EMA, deterministic
+batches, and exact resume (device, torchrun and precision choices live in imagelm.runtime).
 
 Exact resume rests on one rule: everything random in step `s` (batch order, flips, dropout,
 condition dropout, Bernoulli bits) is a pure function of (seed, s, rank). The batch order comes
@@ -8,10 +8,7 @@ step, so a run resumed at step s replays exactly what an uninterrupted run would
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,104 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from imagelm.data.sampler import batch_indices  # noqa: F401  (re-exported: the loops' batch order)
-
-
-@dataclass
-class Runtime:
-    """Where this process runs: device, and its place in a torchrun job (rank 0 of 1 when alone)."""
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def print(self, *args, **kwargs) -> None:
-        """print() on rank 0 only."""
-        if self.is_main:
-            print(*args, **kwargs, flush=True)
-
-
-def setup_runtime(device: str | None = None) -> Runtime:
-    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group.
-
-    device: "cpu", "cuda", "cuda:1", or None for CUDA when available, else CPU.
-    Backend: nccl on CUDA, gloo on CPU.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but this machine has no CUDA device")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
-        torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(dev, rank, world_size, local_rank)
-
-
-def cleanup_runtime(rt: Runtime) -> None:
-    """Leave the process group, if this process joined one."""
-    if rt.distributed and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU runs bf16 matrix multiplies natively (AVX-512 BF16 or AMX).
-
-    On AVX2-only machines bf16 is emulated and ~8x slower than fp32, so it must not be the default.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for training/inference on `device`: bf16 or None (= plain fp32).
-
-    precision: "fp32", "bf16", or "auto" (bf16 on CUDA that supports it and on CPUs with native
-    bf16; fp32 elsewhere).
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
-
-
-def describe_precision(device: torch.device, dtype: torch.dtype | None, precision: str = "auto") -> str:
-    """One line saying what precision was chosen and why, for the log."""
-    name = "fp32" if dtype is None else "bf16 autocast"
-    if precision != "auto":
-        why = " (as asked)"
-    elif device.type == "cuda":
-        why = ""
-    else:
-        why = " (this CPU has native bf16)" if dtype is not None else " (this CPU has no native bf16)"
-    return f"precision: {name} on {device}{why}"
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """An autocast context for `dtype`, or a no-op context when dtype is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+from imagelm.runtime import Runtime
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
@@ -218,8 +118,3 @@ def all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / rt.world_size
-
-
-def barrier(rt: Runtime) -> None:
-    if rt.distributed:
-        dist.barrier()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from imagelm import checkpoint
+from imagelm import checkpoint, runtime
 from imagelm.data import build_dataset
 from imagelm.data.batches import InMemoryImages, fits_in_memory, random_hflip, streaming_batches
 from imagelm.data.transforms import save_grid
@@ -67,14 +67,14 @@ class TokenizerTrainArgs:
 
 def train_tokenizer(args: TokenizerTrainArgs) -> Path:
     """Train a tokenizer as `args` says; returns the final checkpoint directory."""
-    rt = loop.setup_runtime(args.device)
+    rt = runtime.setup_runtime(args.device)
     try:
         return _train(args, rt)
     finally:
-        loop.cleanup_runtime(rt)
+        runtime.cleanup_runtime(rt)
 
 
-def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
+def _train(args: TokenizerTrainArgs, rt: runtime.Runtime) -> Path:
     out = Path(args.out)
     overrides = {"image_size": args.image_size} if args.image_size else {}
     if args.disc_start is not None:
@@ -99,8 +99,8 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
     dataset = build_dataset(args.data, image_size=config.image_size, split="train", seed=args.seed,
                             length=args.data_length)
     preview_set = build_dataset(args.data, image_size=config.image_size, split="test", seed=args.seed)
-    dtype = loop.choose_autocast_dtype(rt.device, args.precision)
-    rt.print(loop.describe_precision(rt.device, dtype, args.precision))
+    dtype = runtime.choose_autocast_dtype(rt.device, args.precision)
+    rt.print(runtime.describe_precision(rt.device, dtype, args.precision))
 
     torch.manual_seed(args.seed)
     model = build_tokenizer(config).to(rt.device)
@@ -155,7 +155,7 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
             # Gradients (the tokenizer's, and the discriminator's through the adversarial term) are
             # all-reduced only on the last micro-batch.
             with parallel.grad_sync(ddp_model, strategy, last), parallel.grad_sync(ddp_disc, strategy if use_disc else "single", last):
-                with loop.autocast(rt.device, dtype):
+                with runtime.autocast(rt.device, dtype):
                     recon, codes, vq_losses = ddp_model(xb)
                     rec = reconstruction_loss(recon, xb, config.l1_weight, config.l2_weight)
                     if perceptual is not None:
@@ -179,7 +179,7 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
             d_loss = torch.zeros((), device=rt.device)
             for i, (part, recon) in enumerate(zip(micro, recons)):
                 with parallel.grad_sync(ddp_disc, strategy, i == len(micro) - 1):
-                    with loop.autocast(rt.device, dtype):
+                    with runtime.autocast(rt.device, dtype):
                         d_part = hinge_d_loss(ddp_disc(x[part]), ddp_disc(recon)) / len(micro)
                     d_part.backward()
                 d_loss += d_part.detach()
@@ -208,7 +208,7 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
                 if rt.is_main:
                     final = checkpoint.save(out, step + 1, meta, model.state_dict(), ema.state_dict(),
                                             _train_state(step + 1, opt, disc, disc_opt), keep=args.keep)
-                loop.barrier(rt)
+                runtime.barrier(rt)
     bar.close()
     metrics.close()
     if args.steps <= start_step:
@@ -219,7 +219,7 @@ def _train(args: TokenizerTrainArgs, rt: loop.Runtime) -> Path:
     return final or checkpoint.resolve(out)
 
 
-def _indices(step: int, n: int, args: TokenizerTrainArgs, rt: loop.Runtime) -> torch.Tensor:
+def _indices(step: int, n: int, args: TokenizerTrainArgs, rt: runtime.Runtime) -> torch.Tensor:
     return loop.batch_indices(step, n, args.batch_size, args.seed, rt.rank, rt.world_size)
 
 
@@ -231,7 +231,7 @@ def _train_state(step: int, opt, disc, disc_opt) -> dict:
     return state
 
 
-def _resume(args: TokenizerTrainArgs, out: Path, config, model, ema, opt, disc, disc_opt, rt: loop.Runtime) -> int:
+def _resume(args: TokenizerTrainArgs, out: Path, config, model, ema, opt, disc, disc_opt, rt: runtime.Runtime) -> int:
     """Load the checkpoint --resume names; return the step to continue from (0: start fresh)."""
     ckpt = loop.resume_checkpoint(args.resume, out)
     if ckpt is None:
