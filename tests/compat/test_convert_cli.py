@@ -4,8 +4,8 @@ from PIL import Image
 
 import imagelm
 from imagelm.cli import main
-from test_compat_elm import IMG, elm_ar_state, elm_bae_file_state, elm_mlm_state
-from test_compat_llamagen import llamagen_gpt_state, llamagen_vq_state
+from test_elm import IMG, elm_ar_state, elm_bae_file_state, elm_mlm_state
+from test_llamagen import llamagen_gpt_state, llamagen_vq_state
 
 
 def _error_line(capsys):

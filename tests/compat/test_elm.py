@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from imagelm.compat import CompatError, load_elm_bae, load_elm_gpt, load_foreign
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from test_compat_llamagen import DIM, GRID, HIDDEN, N_LAYER, conv_norm_writers, llamagen_gpt_state, ref_trunk
+from test_llamagen import DIM, GRID, HIDDEN, N_LAYER, conv_norm_writers, llamagen_gpt_state, ref_trunk
 
 NF, EMB, BITS, IMG = 32, 32, 8, 8          # ch_mult (1, 2): 8x8 images -> 4x4 positions of 8 bits
 

@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 import imagelm  # noqa: E402
 from imagelm.serve import create_app  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_app(ckpt, **kwargs):
