@@ -1,8 +1,10 @@
 """Checkpoint directories: written atomically, self-describing, loaded strictly.
 
 A run directory holds its checkpoints under `checkpoints/step-NNNNNNN/`, each with
-`config.json` (kind + config + metadata), `model.safetensors`, optionally `ema.safetensors` and
-`train_state.pt` (optimizer, step, RNG: what exact resume needs). Each checkpoint is written to a
+`config.json` (a `CheckpointMeta`, imagelm/metadata.py), `model.safetensors`, optionally
+`ema.safetensors` and `train_state.pt` (optimizer, step, RNG: what exact resume needs). A
+stand-alone checkpoint directory (an import, a consolidated or exported copy) holds the same files
+directly. Each checkpoint is written to a
 temporary directory and renamed into place, so a crash never leaves a half-written checkpoint
 where a reader would take it for a complete one. Any path that is a checkpoint directory, or a run
 directory containing some, can be handed to `resolve`.
@@ -11,6 +13,10 @@ FSDP runs write *sharded* checkpoints instead (imagelm/train/dcp.py): `config.js
 `dcp/` folder of torch.distributed.checkpoint files (each rank's shards + `.metadata`), published by
 the same temp-dir-and-rename. `load_weights` consolidates them on the fly, so every reader (sample,
 export, resume on any number of ranks) takes either kind.
+
+`load_module` is the one loader of every kind (generators, tokenizers, the classifier): read and
+check the meta, build the module on the meta device, check the weights against it (naming the
+mismatch), assign them without a copy, then move to the device.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+from imagelm.metadata import (FORMAT_VERSION, CheckpointMeta, MetaError, Provenance, TextSpec,  # noqa: F401
+                              TokenizerLink, weights_sha256)
+
 DCP_DIR = "dcp"            # sharded checkpoints: the torch.distributed.checkpoint folder
 TMP_PREFIX = ".tmp-step-"  # checkpoints being written; never taken for complete ones
 
@@ -84,31 +92,61 @@ def resolve(path: str | Path) -> Path:
     return found[-1]
 
 
-def read_meta(path: str | Path) -> dict:
-    """The parsed config.json of the checkpoint at (or newest under) `path`."""
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """The CheckpointMeta of the checkpoint at (or newest under) `path`; a one-line CheckpointError
+    naming the file and the field when it is unreadable or wrong."""
     ckpt = resolve(path)
+    file = ckpt / "config.json"
     try:
-        meta = json.loads((ckpt / "config.json").read_text())
+        raw = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {ckpt / 'config.json'}: {e}") from None
-    if not isinstance(meta, dict) or "kind" not in meta or "config" not in meta:
-        raise CheckpointError(f"{ckpt / 'config.json'} is not an imagelm config (no 'kind'/'config')")
-    meta["path"] = str(ckpt)
-    return meta
+        raise CheckpointError(f"cannot read {file}: {e}") from None
+    try:
+        return CheckpointMeta.from_dict(raw, ckpt)
+    except MetaError as e:
+        raise CheckpointError(f"{file}: {e}") from None
 
 
-def expect_kind(meta: dict, kinds: tuple[str, ...], role: str) -> None:
+def write_meta(directory: Path, meta: CheckpointMeta, final: Path | None = None) -> None:
+    """Write meta as `directory/config.json`, its tokenizer link relative to `final` (the directory
+    it will be renamed to; default: `directory` itself)."""
+    if not isinstance(meta, CheckpointMeta):
+        raise TypeError(f"checkpoint metadata must be a CheckpointMeta, not {type(meta).__name__}")
+    record = meta.to_dict(relative_to=Path(final or directory))
+    (Path(directory) / "config.json").write_text(json.dumps(record, indent=2))
+
+
+def expect_kind(meta: CheckpointMeta, kinds: tuple[str, ...], role: str) -> None:
     """Raise a one-line CheckpointError unless the checkpoint's kind is one of `kinds`."""
-    if meta["kind"] not in kinds:
-        raise CheckpointError(f"{meta['path']} is a {meta['kind']!r} checkpoint, but a {role} "
+    if meta.kind not in kinds:
+        raise CheckpointError(f"{meta.path} is a {meta.kind!r} checkpoint, but a {role} "
                               f"({' or '.join(kinds)}) is needed here")
 
 
-def save(run_dir: str | Path, step: int, meta: dict, model: dict[str, torch.Tensor],
+def load_module(path, kinds: tuple[str, ...], role: str, build, device: str | torch.device = "cpu",
+                prefer_ema: bool = True) -> torch.nn.Module:
+    """The one loader: the module saved at `path` (a checkpoint or run directory) whose kind is one of
+    `kinds`, built by `build(meta)` on the meta device, its weights checked (mismatches named in one
+    line) and assigned without a copy, in eval mode on `device`, with `.meta` (its CheckpointMeta)."""
+    meta = read_meta(path)
+    expect_kind(meta, kinds, role)
+    try:
+        with torch.device("meta"):
+            model = build(meta)
+    except MetaError as e:
+        raise CheckpointError(f"{meta.path / 'config.json'}: {e}") from None
+    state = load_weights(meta.path, prefer_ema)
+    check_state(model, state, str(meta.path))
+    model.load_state_dict(state, strict=True, assign=True)
+    model.meta = meta
+    return model.to(device).eval()
+
+
+def save(run_dir: str | Path, step: int, meta: CheckpointMeta, model: dict[str, torch.Tensor],
          ema: dict[str, torch.Tensor] | None = None, train_state: dict | None = None, keep: int = 2) -> Path:
     """Atomically write checkpoint `run_dir/checkpoints/step-{step}` and prune all but the newest `keep`.
 
-    meta must hold "kind" and "config"; model/ema are state dicts of tensors.
+    meta: what config.json records (its step is set to `step`); model/ema: state dicts of tensors.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -116,7 +154,7 @@ def save(run_dir: str | Path, step: int, meta: dict, model: dict[str, torch.Tens
     sweep_temps(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{step:07d}-", dir=root))
     try:
-        (tmp / "config.json").write_text(json.dumps({**meta, "step": step, "format": FORMAT_VERSION}, indent=2))
+        write_meta(tmp, meta.replace(step=step), final)
         save_file(_contiguous(model), str(tmp / "model.safetensors"))
         crash_point(step)
         if ema is not None:
@@ -129,6 +167,27 @@ def save(run_dir: str | Path, step: int, meta: dict, model: dict[str, torch.Tens
         raise
     prune(run_dir, keep)
     return final
+
+
+def save_dir(out: str | Path, meta: CheckpointMeta, model: dict[str, torch.Tensor],
+             ema: dict[str, torch.Tensor] | None = None) -> Path:
+    """Atomically write a stand-alone checkpoint directory `out` (config.json, model.safetensors,
+    optionally ema.safetensors): an import, a consolidated or an exported copy. `out` must not exist."""
+    out = Path(out)
+    if out.exists():
+        raise CheckpointError(f"{out} already exists; choose a new output directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_meta(tmp, meta, out)
+        save_file(_contiguous(model), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
@@ -202,8 +261,9 @@ def load_train_state(path: str | Path) -> dict:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict) that names the mismatching keys and shapes in one line."""
+def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """A one-line CheckpointError naming the missing, unexpected and wrongly shaped keys of `state`
+    against `module` (which may live on the meta device)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -218,6 +278,11 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
         raise CheckpointError(f"{source} does not match the model its config describes: " + "; ".join(parts))
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict(strict) into an existing module (resume), naming mismatches in one line."""
+    check_state(module, state, source)
     module.load_state_dict(state, strict=True)
 
 

@@ -96,15 +96,17 @@ class TokenLayout:
         return cls(**d)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, num_subtokens: int = 1) -> "TokenLayout":
-        """The layout of a tokenizer's codes: one index per position (VQ) or an n-m split of its bits."""
+    def for_tokenizer(cls, tokenizer, num_subtokens: int = 1, grid_size: int | None = None) -> "TokenLayout":
+        """The layout of a tokenizer's codes: one index per position (VQ) or an n-m split of its bits,
+        on its own code grid or on `grid_size` (the tokenizers are convolutional: any size works)."""
         h, w = tokenizer.codes_shape
         if h != w:
             raise ValueError(f"only square code grids are supported, got {h}x{w}")
+        grid = grid_size or h
         bits = getattr(tokenizer, "code_bits", None)
         if bits is None:
-            return cls(grid_size=h, vocab_size=tokenizer.vocab_size).split(num_subtokens)
-        return cls.binary(h, bits, num_subtokens)
+            return cls(grid_size=grid, vocab_size=tokenizer.vocab_size).split(num_subtokens)
+        return cls.binary(grid, bits, num_subtokens)
 
 
 def convert_tokens(tokens: torch.Tensor, source: TokenLayout, target: TokenLayout) -> torch.Tensor:

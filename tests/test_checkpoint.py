@@ -8,7 +8,8 @@ from imagelm.checkpoint import CheckpointError
 
 
 def _save(run, step, **kw):
-    return checkpoint.save(run, step, {"kind": "vq", "config": {"a": 1}}, {"w": torch.full((2,), float(step))}, **kw)
+    meta = checkpoint.CheckpointMeta(kind="vq", config={"a": 1})
+    return checkpoint.save(run, step, meta, {"w": torch.full((2,), float(step))}, **kw)
 
 
 def test_save_is_complete_and_resolves_to_newest(tmp_path):
@@ -18,7 +19,7 @@ def test_save_is_complete_and_resolves_to_newest(tmp_path):
     assert checkpoint.resolve(run) == newest
     assert checkpoint.resolve(newest) == newest
     meta = checkpoint.read_meta(run)
-    assert meta["step"] == 2 and meta["kind"] == "vq"
+    assert meta.step == 2 and meta.kind == "vq" and meta.path == newest
     assert torch.equal(checkpoint.load_weights(run)["w"], torch.full((2,), 2.0))
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagelm.compat.common import CompatError, save_checkpoint
+from imagelm.metadata import TextSpec, TokenizerLink
+from imagelm.vocab import TokenLayout
 from imagelm.compat.elm import load_elm_bae, load_elm_gpt
 from imagelm.compat.llamagen import export_llamagen_gpt, load_llamagen_gpt, load_llamagen_vq
 
@@ -52,33 +54,33 @@ def convert(fmt: str, src, out_dir, preset: str | None = None, image_size: int |
     text_encoder_path: for a LlamaGen text model, the local FLAN-T5 directory its captions are encoded
     with (recorded, not read now), so `imagelm sample --prompt` works."""
     model = load_foreign(fmt, src, preset, image_size)
-    meta = dict(model.meta)
+    meta = model.meta
     if text_encoder_path is not None:
         if getattr(model, "config", None) is None or getattr(model.config, "cond", None) != "text":
             raise CompatError("--text-encoder-path is for text-conditional generators only")
-        meta["text_encoder"] = {"name": "t5", "path": str(Path(text_encoder_path).resolve()),
-                                "max_len": model.config.cls_token_num, "dim": model.config.caption_dim}
+        meta = meta.replace(text_encoder=TextSpec("t5", str(Path(text_encoder_path).resolve()),
+                                                  model.config.cls_token_num, model.config.caption_dim))
     if tokenizer is not None:
-        if meta["kind"] not in ("ar", "mlm"):
+        if meta.kind not in ("ar", "mlm"):
             raise CompatError("--tokenizer links a generator to its tokenizer; this is a tokenizer")
-        meta["tokenizer"] = {"path": str(_check_tokenizer(model.config, tokenizer))}
+        meta = meta.replace(tokenizer=_link_tokenizer(model.config, meta.layout, tokenizer))
     return save_checkpoint(out_dir, meta, model)
 
 
-def _check_tokenizer(config, tokenizer) -> Path:
-    """The resolved tokenizer checkpoint, after checking its codes fit the generator's tokens."""
+def _link_tokenizer(config, layout, tokenizer) -> TokenizerLink:
+    """A link to the tokenizer checkpoint, after checking its codes fit the generator's tokens."""
     from imagelm import checkpoint
     from imagelm.tokenizers import load_tokenizer
-    from imagelm.vocab import TokenLayout
     path = checkpoint.resolve(tokenizer).resolve()
+    tok = load_tokenizer(path)
     try:
-        layout = TokenLayout.for_tokenizer(load_tokenizer(path), config.num_subtokens)
+        own = TokenLayout.for_tokenizer(tok, config.num_subtokens)
     except ValueError as e:
         raise CompatError(f"tokenizer {path} does not fit this generator: {e}") from None
-    if layout.vocab_size != config.vocab_size:
-        raise CompatError(f"tokenizer {path} gives {layout.vocab_size} values per token, the generator "
+    if own.vocab_size != config.vocab_size or (layout is not None and layout.bits != own.bits):
+        raise CompatError(f"tokenizer {path} gives {own.vocab_size} values per token, the generator "
                           f"expects {config.vocab_size}")
-    return path
+    return TokenizerLink.to(path, tok)
 
 
 def export(fmt: str, ckpt, out, force: bool = False) -> Path:

@@ -129,7 +129,17 @@ def build_and_load(factory, state: dict[str, torch.Tensor], source_name: dict[st
     return model.eval()
 
 
-def save_checkpoint(out_dir, meta: dict, model: torch.nn.Module) -> Path:
+def imported_meta(model: torch.nn.Module, kind: str, fmt: str, path, preset: str,
+                  layout=None) -> checkpoint.CheckpointMeta:
+    """The CheckpointMeta of a module imported from the released file `path` of compat format `fmt`
+    ("llamagen-gpt", "elm-bae", ...): its kind and config, the token layout (generators), and the
+    provenance that names the source project and file."""
+    return checkpoint.CheckpointMeta(
+        kind=kind, config=model.config.to_dict(), layout=layout, preset=preset,
+        provenance=checkpoint.Provenance(source=fmt.split("-")[0], file=str(Path(path).resolve()), format=fmt))
+
+
+def save_checkpoint(out_dir, meta: checkpoint.CheckpointMeta, model: torch.nn.Module) -> Path:
     """Write `model` as our checkpoint under out_dir (atomically, step 0) -> the checkpoint directory.
 
     `imagelm.load(out_dir)` / `load_tokenizer(out_dir)` read it back.

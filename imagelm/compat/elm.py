@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import torch
 
 from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
-                                   read_file, rename_gpt_keys, unwrap)
+                                   imported_meta, read_file, rename_gpt_keys, unwrap)
 from imagelm.models import ARGenerator, MaskedGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig
 from imagelm.tokenizers.bae_elm import ELMBAEConfig, ELMBAEModel
@@ -177,8 +176,7 @@ def load_elm_bae(path, image_size: int | None = None, bits: int | None = None) -
     ours = {renames[k]: v for k, v in float32(state).items() if renames[k] is not None}
     source_name = {v: "ae." + k for k, v in renames.items() if v is not None}
     model = build_and_load(lambda: ELMBAEModel(config), ours, source_name, src, f"an ELM BAE of {config.bits} bits")
-    model.meta = {"kind": "bae-elm", "config": config.to_dict(), "preset": f"elm-bae-{config.bits}",
-                  "class_names": [], "imported_from": {"format": "elm-bae", "path": str(Path(path).resolve())}}
+    model.meta = imported_meta(model, "bae-elm", "elm-bae", path, f"elm-bae-{config.bits}")
     return model
 
 
@@ -286,7 +284,5 @@ def load_elm_gpt(path, preset: str | None = None, image_size: int | None = None)
         ours = {renames[k]: v for k, v in state.items()}
         model = build_and_load(lambda: ARGenerator(config), ours, {v: k for k, v in renames.items()}, src, what)
     bits = config.num_subtokens * int(math.log2(config.vocab_size))
-    model.meta = {"kind": model.kind, "config": config.to_dict(), "preset": name, "class_names": [], "tokenizer": None,
-                  "layout": TokenLayout.binary(config.grid_size, bits, config.num_subtokens).to_dict(),
-                  "text_encoder": None, "imported_from": {"format": "elm-gpt", "path": str(Path(path).resolve())}}
+    model.meta = imported_meta(model, model.kind, "elm-gpt", path, name, TokenLayout.binary(config.grid_size, bits, config.num_subtokens))
     return model

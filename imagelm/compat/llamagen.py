@@ -19,10 +19,11 @@ import torch
 
 from imagelm.atomic import atomic_file
 from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
-                                   read_file, rename_gpt_keys, unwrap)
+                                   imported_meta, read_file, rename_gpt_keys, unwrap)
 from imagelm.models import ARGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig
 from imagelm.tokenizers.vq import VQ_PRESETS, VQConfig, VQModel
+from imagelm.vocab import TokenLayout
 
 # Tokens per side = image size / 16: LlamaGen's GPTs all model VQ-16 codes.
 GPT_DOWNSAMPLE = 16
@@ -131,9 +132,8 @@ def load_llamagen_gpt(path, preset: str | None = None, image_size: int | None = 
     state = unwrap(read_file(path), src, "tok_embeddings.weight", use_ema)
     config, name = gpt_config_from_state(state, src, preset, image_size, path)
     model = gpt_from_state(state, config, src, f"preset {name} at {config.grid_size}x{config.grid_size}")
-    model.meta = {"kind": "ar", "config": config.to_dict(), "preset": name, "layout": None,
-                  "class_names": [], "tokenizer": None, "text_encoder": None,
-                  "imported_from": {"format": "llamagen-gpt", "path": str(Path(path).resolve())}}
+    model.meta = imported_meta(model, "ar", "llamagen-gpt", path, name,      # one VQ index a position
+                               TokenLayout(config.grid_size, config.vocab_size))
     return model
 
 
@@ -228,6 +228,5 @@ def load_llamagen_vq(path, preset: str | None = None, image_size: int | None = N
     renames = {k: _vq_rename(k) for k in state}
     ours = {renames[k]: v for k, v in float32(state).items()}
     model = build_and_load(lambda: VQModel(config), ours, {v: k for k, v in renames.items()}, src, f"preset {name}")
-    model.meta = {"kind": "vq", "config": config.to_dict(), "preset": name, "class_names": [],
-                  "imported_from": {"format": "llamagen-vq", "path": str(Path(path).resolve())}}
+    model.meta = imported_meta(model, "vq", "llamagen-vq", path, name)
     return model

@@ -1,7 +1,7 @@
 """Image codes on disk: a data set encoded once by a tokenizer, so generator training never runs it.
 
 Layout of a codes directory:
-    manifest.json        tokenizer (path, kind, config), token layout, class names, shard list
+    manifest.json        tokenizer (link, kind, config), token layout, class names, shard list
     tokens_00000.npy     uint16/int32 [N, A, L, n]: A augmented views per image (1, 2 with flip, 10 ten-crop)
     labels_00000.npy     int64 [N]
     captions.jsonl       one {"caption": ...} per image, in order
@@ -9,6 +9,8 @@ Layout of a codes directory:
     text_mask_00000.npy      bool [N, T], True = a real caption token
 The manifest's "text" entry names the text encoder (name, path, max_len T, dim C) when features are
 stored, so training never runs the encoder and sampling encodes prompts the same way.
+The tokenizer entry is a link as checkpoints keep it (imagelm/metadata.py: relative to the codes
+directory, the absolute path, the weights' hash), which the generators trained on the codes inherit.
 Shards are memory-mapped when read.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from imagelm.atomic import atomic_file
 from imagelm.data import build_dataset
+from imagelm.metadata import CheckpointMeta, TokenizerLink
 from imagelm.data.transforms import ten_crop, to_tensor, to_uint8
 from imagelm.vocab import TokenLayout, convert_tokens
 
@@ -66,8 +69,7 @@ def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", a
     # Binary codes are stored one bit per sub-token (the D-1 split); training regroups them into
     # whatever n-m split it asks for, so one extraction serves every vocabulary of the study.
     bits = getattr(tokenizer, "code_bits", None)
-    grid = image_size // tokenizer.config.downsample
-    layout = (TokenLayout(grid, tokenizer.vocab_size) if bits is None else TokenLayout.binary(grid, bits, bits))
+    layout = TokenLayout.for_tokenizer(tokenizer, bits or 1, grid_size=image_size // tokenizer.config.downsample)
     dtype = np.uint8 if layout.vocab_size <= 256 else (np.uint16 if layout.vocab_size <= 65536 else np.int32)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,10 +117,11 @@ def extract_codes(tokenizer, data: str, out: str | Path, split: str = "train", a
     write_shards(final=True)
     with atomic_file(out / "captions.jsonl") as f:
         f.write("".join(json.dumps({"caption": c}) + "\n" for c in captions).encode())
-    meta = getattr(tokenizer, "meta", {})
+    meta = getattr(tokenizer, "meta", None)     # set by load_tokenizer; absent for a module made in memory
+    saved = isinstance(meta, CheckpointMeta) and meta.path is not None
+    link = TokenizerLink.to(meta.path, tokenizer).to_dict(out) if saved else {"path": None}
     manifest = {
-        "tokenizer": {"path": str(Path(meta["path"]).resolve()) if "path" in meta else None,
-                      "kind": meta.get("kind", "vq"), "preset": meta.get("preset"),
+        "tokenizer": {**link, "kind": meta.kind if saved else None, "preset": meta.preset if saved else None,
                       "config": tokenizer.config.to_dict()},
         "layout": layout.to_dict(),
         "data": {"name": data, "split": split, "image_size": image_size, "augment": augment, "seed": seed,
@@ -155,6 +158,9 @@ class CodesDataset:
         self.labels = np.concatenate([np.load(root / s["labels"]) for s in shards])
         if len(self.tokens) != len(self.labels):
             raise ValueError(f"{root}: {len(self.tokens)} token rows but {len(self.labels)} labels")
+        entry = self.manifest.get("tokenizer") or {}
+        # The tokenizer that made the codes (None: made in memory, never saved).
+        self.tokenizer_link = TokenizerLink.from_dict(entry, root) if entry.get("path") else None
         self.text = self.manifest.get("text")     # the text encoder's spec, when caption features are stored
         if self.text:
             self.text_features = ShardedRows([root / s["text_features"] for s in shards])   # [N, T, C] float16

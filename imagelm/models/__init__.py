@@ -29,11 +29,16 @@ def count_params(config: GPTConfig, kind: str = "ar") -> int:
 def load_generator(path, device: str | torch.device = "cpu", prefer_ema: bool = True) -> torch.nn.Module:
     """The generator saved at `path` (checkpoint or run directory), in eval mode on `device`.
 
-    The returned module carries `.meta` (its config.json, with the tokenizer link and class names).
+    The returned module carries `.meta`, its CheckpointMeta (layout, tokenizer link, class names, ...).
     """
-    meta = checkpoint.read_meta(path)
-    checkpoint.expect_kind(meta, GENERATOR_KINDS, "generator")
-    model = build_generator(GPTConfig(**meta["config"]), meta["kind"])
-    checkpoint.load_state_strict(model, checkpoint.load_weights(meta["path"], prefer_ema), meta["path"])
-    model.meta = meta
-    return model.to(device).eval()
+    return checkpoint.load_module(path, GENERATOR_KINDS, "generator", _build_from_meta, device, prefer_ema)
+
+
+def _build_from_meta(meta: checkpoint.CheckpointMeta) -> torch.nn.Module:
+    config = meta.config_as(GPTConfig)
+    if meta.layout is not None:   # the layout must describe the tokens this config predicts
+        for name in ("grid_size", "vocab_size", "num_subtokens"):
+            if getattr(meta.layout, name) != getattr(config, name):
+                raise checkpoint.MetaError(f"field 'layout.{name}' is {getattr(meta.layout, name)} but "
+                                           f"'config.{name}' is {getattr(config, name)}")
+    return build_generator(config, meta.kind)

@@ -14,8 +14,6 @@ and FSDP2 modules alike.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -23,7 +21,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
@@ -37,7 +34,7 @@ def _state(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> dict
             "optimizer": get_optimizer_state_dict(model, opt)}
 
 
-def save_sharded(run_dir: str | Path, step: int, meta: dict, model: nn.Module, ema: nn.Module,
+def save_sharded(run_dir: str | Path, step: int, meta: checkpoint.CheckpointMeta, model: nn.Module, ema: nn.Module,
                  opt: torch.optim.Optimizer, rank: int = 0, world_size: int = 1, keep: int = 2) -> Path:
     """Collectively write sharded checkpoint `run_dir/checkpoints/step-{step}`; every rank calls this.
 
@@ -55,8 +52,8 @@ def save_sharded(run_dir: str | Path, step: int, meta: dict, model: nn.Module, e
     checkpoint.crash_point(step)
     _barrier(world_size)  # every rank's shards are on disk before rank 0 publishes them
     if rank == 0:
-        record = {**meta, "step": step, "format": checkpoint.FORMAT_VERSION, "sharded_over": world_size}
-        (tmp / "config.json").write_text(json.dumps(record, indent=2))
+        record = meta.replace(step=step, extra={**meta.extra, "sharded_over": world_size})
+        checkpoint.write_meta(tmp, record, final)
         checkpoint.publish(tmp, final)
         checkpoint.prune(run_dir, keep)
     _barrier(world_size)
@@ -79,7 +76,7 @@ def load_sharded(ckpt: str | Path, model: nn.Module, ema: nn.Module, opt: torch.
     set_model_state_dict(model, state["model"])
     set_model_state_dict(ema, state["ema"])
     set_optimizer_state_dict(model, opt, state["optimizer"])
-    return int(checkpoint.read_meta(ckpt)["step"])
+    return int(checkpoint.read_meta(ckpt).step)
 
 
 def load_full_into_sharded(ckpt: str | Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
@@ -104,26 +101,11 @@ def consolidate(src: str | Path, out_dir: str | Path) -> Path:
     config.json, model.safetensors and ema.safetensors (no train state: it is for sampling,
     evaluation and sharing). Works for sharded and full checkpoints alike; atomic."""
     ckpt = checkpoint.resolve(src)
-    out = Path(out_dir)
-    if out.exists():
-        raise ValueError(f"{out} already exists; choose a new output directory")
     meta = checkpoint.read_meta(ckpt)
-    record = {k: v for k, v in meta.items() if k not in ("path", "sharded_over")}
-    record["consolidated_from"] = str(ckpt.resolve())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        (tmp / "config.json").write_text(json.dumps(record, indent=2))
-        save_file(checkpoint.load_weights(ckpt, prefer_ema=False), str(tmp / "model.safetensors"))
-        if checkpoint.has_ema(ckpt):
-            save_file(checkpoint.load_weights(ckpt, prefer_ema=True), str(tmp / "ema.safetensors"))
-        checkpoint.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    extra = {k: v for k, v in meta.extra.items() if k != "sharded_over"}
+    record = meta.replace(extra={**extra, "consolidated_from": str(ckpt.resolve())})
+    ema = checkpoint.load_weights(ckpt, prefer_ema=True) if checkpoint.has_ema(ckpt) else None
+    return checkpoint.save_dir(out_dir, record, checkpoint.load_weights(ckpt, prefer_ema=False), ema)
 
 
 def _barrier(world_size: int) -> None:

@@ -51,7 +51,7 @@ class TokenizerTrainArgs:
     precision: str = "auto"
     device: str | None = None
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int | None = None      # workers decoding streamed image files (None: 2); in-memory data needs none
     log_every: int = 20
     preview_every: int = 200
     ckpt_every: int = 200
@@ -115,16 +115,17 @@ def _train(args: TokenizerTrainArgs, rt: runtime.Runtime) -> Path:
     ddp_disc = parallel.parallelize(disc, strategy, rt.device) if use_disc else None
     start_step = _resume(args, out, config, model, ema, opt, disc, disc_opt, rt)
 
-    meta = {"kind": config.kind, "config": config.to_dict(), "preset": args.preset,
-            "data": {"name": args.data, "image_size": config.image_size},
-            "class_names": list(getattr(dataset, "class_names", [])),
-            "train_args": dataclasses.asdict(args)}
+    meta = checkpoint.CheckpointMeta(
+        kind=config.kind, config=config.to_dict(), preset=args.preset,
+        class_names=tuple(getattr(dataset, "class_names", [])),
+        extra={"data": {"name": args.data, "image_size": config.image_size}, "train_args": dataclasses.asdict(args)})
 
     if fits_in_memory(dataset):
         source = InMemoryImages(dataset, progress=args.progress and rt.is_main, desc=f"rendering {args.data}")
         next_batch = lambda step: source.batch(_indices(step, len(source), args, rt))[0]
     else:
-        stream = streaming_batches(dataset, lambda s: _indices(s, len(dataset), args, rt), start_step, args.num_workers)
+        stream = streaming_batches(dataset, lambda s: _indices(s, len(dataset), args, rt), start_step,
+                                   2 if args.num_workers is None else args.num_workers)
         next_batch = lambda step: next(stream)[0]
     preview = torch.stack([preview_set[i][0] for i in range(min(8, len(preview_set)))]).to(rt.device)
 

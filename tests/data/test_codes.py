@@ -1,8 +1,10 @@
 import json
+import os
 
 import numpy as np
 import torch
 
+from imagelm import checkpoint
 from imagelm.data import build_dataset
 from imagelm.data.codes import CodesDataset, augmented_views
 from imagelm.tokenizers import load_tokenizer
@@ -11,13 +13,17 @@ from imagelm.tokenizers import load_tokenizer
 def test_codes_directory_matches_direct_encoding(tiny_tokenizer, tiny_codes):
     manifest = json.loads((tiny_codes / "manifest.json").read_text())
     assert manifest["tokenizer"]["kind"] == "vq"
-    assert manifest["tokenizer"]["path"].startswith(str(tiny_tokenizer))
+    rel = os.path.relpath(tiny_tokenizer / "checkpoints" / "step-0000006", tiny_codes)
+    assert manifest["tokenizer"]["path"] == rel and rel.startswith("..")      # relative: moves with both
+    assert manifest["tokenizer"]["absolute"] == str(tiny_tokenizer / "checkpoints" / "step-0000006")
     assert manifest["layout"] == {"grid_size": 4, "vocab_size": 512, "num_subtokens": 1, "bits": None}
     assert manifest["num_items"] == 64 and len(manifest["shards"]) == 2  # shard_size 40 -> 2 shards
     codes = CodesDataset(tiny_codes)
     assert codes.tokens.shape == (64, 2, 16, 1)                          # [N, views (flip), L, n]
-
     tok = load_tokenizer(tiny_tokenizer)
+    assert codes.tokenizer_link.path == manifest["tokenizer"]["absolute"]
+    assert codes.tokenizer_link.sha256 == checkpoint.weights_sha256(tok.state_dict())
+
     data = build_dataset("shapes", image_size=16, length=64)
     x = torch.stack([data[i][0] for i in (0, 50)])
     direct = tok.encode(x).flatten(1)

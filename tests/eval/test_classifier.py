@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from imagelm.checkpoint import CheckpointError
-from imagelm.eval.classifier import ClassifierTrainArgs, class_accuracy, load_classifier, train_classifier
+from imagelm.eval.classifier import class_accuracy, load_classifier
 from imagelm.eval.features import ClassifierFeatures, dataset_images
+from imagelm.train.classifier import ClassifierTrainArgs, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +22,13 @@ def test_classifier_checkpoint_is_self_describing_and_learns(classifier_dir):
     ckpt = sorted((classifier_dir / "checkpoints").iterdir())[-1]
     meta = json.loads((ckpt / "config.json").read_text())
     assert meta["kind"] == "classifier" and meta["config"]["num_classes"] == 8
-    assert meta["class_names"][0] == "circle" and meta["data"] == "shapes-simple"
+    assert meta["class_names"][0] == "circle" and meta["extra"]["data"] == "shapes-simple"
     net = load_classifier(classifier_dir)
+    assert net.meta.provenance.source == "imagelm" and net.meta.step == 40
     images = dataset_images("shapes-simple", 16, "test", length=64)
-    labels = [int(net.meta["class_names"].index(k)) for k in _kinds("shapes-simple", 16, 64)]
+    labels = [net.meta.class_names.index(k) for k in _kinds("shapes-simple", 16, 64)]
     accuracy = class_accuracy(net, images, labels)
-    assert accuracy == pytest.approx(meta["heldout_accuracy"])
+    assert accuracy == pytest.approx(net.meta.extra["heldout_accuracy"])
     assert accuracy > 0.5  # 8 classes: chance is 1/8
 
 

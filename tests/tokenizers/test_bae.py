@@ -52,7 +52,7 @@ def test_code_ids_msb_first():
 def test_save_load_round_trip(tmp_path):
     cfg = tokenizer_config("bae-tiny", image_size=16)
     model = build_tokenizer(cfg).eval()
-    checkpoint.save(tmp_path, 1, {"kind": "bae", "config": cfg.to_dict()}, model.state_dict())
+    checkpoint.save(tmp_path, 1, checkpoint.CheckpointMeta(kind="bae", config=cfg.to_dict()), model.state_dict())
     loaded = load_tokenizer(tmp_path)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(model.encode(x), loaded.encode(x))

@@ -66,7 +66,7 @@ def test_presets_match_llamagen_sizes():
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     cfg = tokenizer_config("vq-tiny", image_size=16)
     model = build_tokenizer(cfg).eval()
-    meta = {"kind": "vq", "config": cfg.to_dict()}
+    meta = checkpoint.CheckpointMeta(kind="vq", config=cfg.to_dict())
     checkpoint.save(tmp_path / "run", 1, meta, model.state_dict())
     loaded = load_tokenizer(tmp_path / "run")
     x = torch.rand(3, 3, 16, 16) * 2 - 1
