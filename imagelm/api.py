@@ -6,66 +6,28 @@
 
 A text-conditional generator takes prompts instead of classes:
     tokens = imagelm.sample(gen, ["a large red circle at the center on a blue background"], n=4, cfg_scale=3)
+
+Each function is a thin face over the library: imagelm/images.py is the one path from conditions
+to pictures, imagelm/checkpoint.py the one loader.
 """
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import torch
 
-from imagelm import checkpoint
+from imagelm.images import (Sampler, as_condition, decode_tokens, encode_prompts,  # noqa: F401
+                            resolve_classes, sample_tokens)
 from imagelm.models import load_generator
-from imagelm.models.conditioning import TextCondition
-from imagelm.sampling.autoregressive import SamplingOptions, generate
-from imagelm.sampling.engine import Engine
-from imagelm.sampling.masked import generate_masked
-from imagelm.tokenizers import load_tokenizer
-from imagelm.vocab import TokenLayout
+from imagelm.sampling.autoregressive import SamplingOptions
+from imagelm.tokenizers import load_linked_tokenizer, load_tokenizer
 
 
 def load(path, device: str | torch.device = "cpu", prefer_ema: bool = True) -> torch.nn.Module:
-    """The generator saved at `path` (a checkpoint or run directory), in eval mode.
+    """The generator saved at `path` (a checkpoint, run or bundle directory), in eval mode, with
+    `.meta` (its CheckpointMeta).
 
     Its `forward(tokens [B, L], cond [B]) -> logits [B, L, V]` is teacher-forced.
     """
     return load_generator(path, device, prefer_ema)
-
-
-def resolve_classes(classes, class_names: list[str], num_classes: int) -> list[int]:
-    """Class ids from ids or names (e.g. [0, "circle"]); a one-line ValueError for unknown ones."""
-    ids = []
-    for c in classes:
-        if isinstance(c, str) and not c.lstrip("-").isdigit():
-            if c not in class_names:
-                known = ", ".join(class_names) if class_names else "none (the model has only numeric ids)"
-                raise ValueError(f"unknown class {c!r}; known class names: {known}")
-            ids.append(class_names.index(c))
-            continue
-        i = int(c)
-        if not 0 <= i < num_classes:
-            raise ValueError(f"unknown class {i}: the model has classes 0..{num_classes - 1}")
-        ids.append(i)
-    return ids
-
-
-def encode_prompts(generator, prompts: list[str], text_encoder=None) -> TextCondition:
-    """Prompts (B strings) -> TextCondition [B, T, C] from the text encoder the generator was trained
-    with (named in its checkpoint), or from `text_encoder` (an imagelm.text.TextEncoder) if given."""
-    from imagelm.text import text_encoder_from_spec
-    if not prompts:
-        raise ValueError("no prompts given")
-    device = next(generator.parameters()).device
-    if text_encoder is None:
-        spec = getattr(generator, "meta", {}).get("text_encoder")
-        if not spec:
-            raise ValueError("this text-conditional generator does not name its text encoder; pass text_encoder=")
-        text_encoder = text_encoder_from_spec(spec, device)
-    want = (generator.config.cls_token_num, generator.config.caption_dim)
-    if (text_encoder.max_len, text_encoder.dim) != want:
-        raise ValueError(f"text encoder gives [T, C] = [{text_encoder.max_len}, {text_encoder.dim}] but the "
-                         f"generator expects [{want[0]}, {want[1]}]")
-    return text_encoder.encode(list(prompts)).to(device)
 
 
 def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
@@ -81,62 +43,18 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
     auto | float32 | bfloat16 | int8, see sampling/engine.py) or the plain reference sampler
     (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. Masked (mlm)
     generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps)."""
-    if n < 1:
-        raise ValueError(f"the number of images per condition must be >= 1, got {n}")
-    device = next(generator.parameters()).device
-    if generator.config.cond == "text":
-        if not isinstance(cond, TextCondition):
-            cond = encode_prompts(generator, [cond] if isinstance(cond, str) else list(cond), text_encoder)
-    elif not torch.is_tensor(cond):
-        meta = getattr(generator, "meta", {})
-        cond = torch.tensor(resolve_classes(list(cond), meta.get("class_names", []),
-                                            generator.config.num_classes))
-    cond = cond.to(device).repeat_interleave(n)
     options = SamplingOptions(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
-    rng = torch.Generator(device).manual_seed(seed)
-    if getattr(generator, "kind", "ar") == "mlm":
-        return generate_masked(generator, cond, options, steps, rng, progress=progress)
-    if engine == "plain":
-        return generate(generator, cond, options, rng, progress=progress)
-    if engine != "engine":
-        raise ValueError(f"unknown sampler {engine!r}; choose engine or plain")
-    return engine_for(generator, len(cond) * (2 if options.guided else 1), dtype).generate(
-        cond, options, seed, progress=progress)
+    sampler = Sampler(options, steps=steps, engine=engine, dtype=dtype)
+    return sample_tokens(generator, as_condition(generator, cond, text_encoder), n, sampler, seed, progress)
 
 
-def engine_for(generator, rows: int, dtype: str = "auto") -> Engine:
-    """An Engine over `generator` with at least `rows` cache rows in `dtype`, kept and reused across
-    calls (so a bf16 / int8 copy of the weights is made once per generator and dtype)."""
-    engines = generator.__dict__.setdefault("_engines", {})   # lives and dies with the generator
-    current = engines.get(dtype)
-    if current is None or current.rows < rows:
-        engines.pop(dtype, None)     # free the old caches before allocating bigger ones
-        current = engines[dtype] = Engine(generator, rows=rows, dtype=dtype)
-    return current
-
-
-def linked_tokenizer(meta: dict, path=None, device: str | torch.device = "cpu", required: bool = True):
-    """The tokenizer a generator's codes came from: `path` if given, else the one its config names.
+def linked_tokenizer(meta, path=None, device: str | torch.device = "cpu", required: bool = True):
+    """The tokenizer to decode a generator's tokens with: `path` if given, else the one its
+    CheckpointMeta links (found relative to the checkpoint, or at its recorded absolute path, and
+    checked against the recorded weights hash).
 
     Returns None when it cannot be found and not `required`; raises a one-line error otherwise.
     """
-    link = path or (meta.get("tokenizer") or {}).get("path")
-    if link is None or not Path(link).exists():
-        if not required:
-            return None
-        where = f" ({link} no longer exists)" if link else ""
-        raise checkpoint.CheckpointError(f"no tokenizer linked to this generator{where}; pass --tokenizer DIR "
-                                         f"to decode images, or --tokens-out FILE to save tokens only")
-    return load_tokenizer(link, device)
-
-
-@torch.no_grad()
-def decode_tokens(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
-    """tokens [B, L, n] -> images [B, 3, H, W] in [-1, 1], through the tokenizer's layout
-    (binary codes: n sub-tokens of D/n bits each)."""
-    layout = TokenLayout.for_tokenizer(tokenizer, num_subtokens=tokens.shape[-1] if tokens.dim() == 3 else 1)
-    grid = int(round(tokens.shape[1] ** 0.5))
-    if grid != layout.grid_size:
-        layout = dataclasses.replace(layout, grid_size=grid)
-    device = next(tokenizer.parameters()).device
-    return tokenizer.decode(layout.to_codes(tokens.to(device)))
+    if path is not None:
+        return load_tokenizer(path, device)
+    return load_linked_tokenizer(meta, device, required)

@@ -32,12 +32,12 @@ def _stage(title: str):
 
 def run(out: Path, runs: Path, seed: int = 0, precision: str = "auto") -> Path:
     """Run (or reuse) every stage; returns the path of the samples grid."""
-    from imagelm import checkpoint
-    from imagelm.api import decode_tokens, load, sample
+    from imagelm.api import load
     from imagelm.data import build_dataset
     from imagelm.data.codes import MANIFEST, extract_codes
-    from imagelm.data.transforms import save_grid
-    from imagelm.eval.recon import evaluate_tokenizer
+    from imagelm.eval.recon import evaluate_tokenizer, save_reconstructions
+    from imagelm.images import Sampler, conditions, generate_images, save_images
+    from imagelm.sampling.autoregressive import SamplingOptions
     from imagelm.tokenizers import load_tokenizer
     from imagelm.train.generator import GeneratorTrainArgs, train_generator
     from imagelm.train.tokenizer import TokenizerTrainArgs, train_tokenizer
@@ -53,8 +53,7 @@ def run(out: Path, runs: Path, seed: int = 0, precision: str = "auto") -> Path:
     tokenizer = load_tokenizer(vq_dir)
     held_out = build_dataset(DATA, image_size=32, split="test", seed=seed, length=500)
     metrics = evaluate_tokenizer(tokenizer, held_out)
-    x = torch.stack([held_out[i][0] for i in range(16)])
-    save_grid(torch.stack([x, tokenizer.decode(tokenizer.encode(x))], 1).flatten(0, 1), out / "reconstructions.png", 8)
+    save_reconstructions(tokenizer, torch.stack([held_out[i][0] for i in range(16)]), out / "reconstructions.png")
     print(f"held-out PSNR {metrics['psnr']:.1f} dB, codebook usage {metrics['usage']:.0%} ({time.time() - t:.0f}s)")
 
     t = _stage(f"2/4 codes: encode {CODES_IMAGES} images once")
@@ -72,12 +71,12 @@ def run(out: Path, runs: Path, seed: int = 0, precision: str = "auto") -> Path:
 
     t = _stage(f"4/4 sampling: {SAMPLES_PER_CLASS} images per class, CFG {CFG}")
     generator = load(gpt_dir)
-    names = checkpoint.read_meta(gpt_dir)["class_names"]
-    tokens = sample(generator, list(range(len(names))), n=SAMPLES_PER_CLASS, cfg_scale=CFG, top_k=TOP_K, seed=seed,
-                    progress=True)
+    classes = conditions(generator)                                   # every class, a row each
+    made = generate_images(generator, classes.cond, tokenizer, SAMPLES_PER_CLASS,
+                           Sampler(SamplingOptions(cfg_scale=CFG, top_k=TOP_K)), seed=seed, progress=True)
     grid = out / "samples.png"
-    save_grid(decode_tokens(tokens, tokenizer), grid, nrow=SAMPLES_PER_CLASS)
-    print(f"rows (top to bottom): {', '.join(names)} ({time.time() - t:.0f}s)")
+    save_images(made.images, grid, nrow=SAMPLES_PER_CLASS)
+    print(f"rows (top to bottom): {', '.join(classes.names)} ({time.time() - t:.0f}s)")
     print(f"\ndemo finished in {time.time() - t_all:.0f}s")
     print(f"samples (a row per class): {grid}")
     print(f"tokenizer reconstructions (original above reconstruction): {out / 'reconstructions.png'}")

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from imagelm.data.shapes import COLORS, POSITIONS, SHAPE_KINDS, caption_from_attributes
 
@@ -77,22 +76,25 @@ def _stage(title: str) -> float:
 
 def evaluate(gen_dir: Path, tokenizer, out: Path, seed: int = 0, cfg: float = CFG) -> dict:
     """Sample every prompt (CFG `cfg`) and the null caption; write the grid; return the accuracies."""
-    from imagelm.api import decode_tokens, encode_prompts, load
-    from imagelm.data.transforms import save_grid, to_uint8
-    from imagelm.sampling.autoregressive import SamplingOptions, generate
+    from imagelm.api import load
+    from imagelm.data.transforms import to_uint8
+    from imagelm.images import Sampler, conditions, generate_images, save_images
+    from imagelm.sampling.autoregressive import SamplingOptions
 
     gen = load(gen_dir)
     records = prompt_records(seed=seed)
-    cond = encode_prompts(gen, [caption_from_attributes(r) for r in records]).repeat_interleave(SAMPLES_PER_PROMPT)
+    prompts = conditions(gen, prompts=[caption_from_attributes(r) for r in records])
     rows = [r for r in records for _ in range(SAMPLES_PER_PROMPT)]
-    rng = torch.Generator().manual_seed(seed)
-    tokens = generate(gen, cond, SamplingOptions(cfg_scale=cfg), rng, progress=True)
-    images = decode_tokens(tokens, tokenizer).float().cpu()
-    save_grid(images, out / "samples.png", nrow=2 * SAMPLES_PER_PROMPT)
-    (out / "prompts.txt").write_text("".join(caption_from_attributes(r) + "\n" for r in records))
+    # The plain sampler in float32: the figures in the README were measured with it.
+    plain = Sampler(SamplingOptions(cfg_scale=cfg), engine="plain")
+    images = generate_images(gen, prompts.cond, tokenizer, SAMPLES_PER_PROMPT, plain, seed, progress=True).images
+    save_images(images, out / "samples.png", nrow=2 * SAMPLES_PER_PROMPT)
+    (out / "prompts.txt").write_text("".join(p + "\n" for p in prompts.names))
     result = {"cfg": cfg, "prompted": color_accuracy(to_uint8(images), rows)}
-    null = generate(gen, gen.null_cond(cond), SamplingOptions(), torch.Generator().manual_seed(seed + 1))
-    result["null_caption"] = color_accuracy(to_uint8(decode_tokens(null, tokenizer).float().cpu()), rows)
+    null = gen.null_cond(prompts.cond.repeat_interleave(SAMPLES_PER_PROMPT))
+    unguided = Sampler(SamplingOptions(), engine="plain")
+    result["null_caption"] = color_accuracy(to_uint8(generate_images(gen, null, tokenizer, 1, unguided, seed + 1).images),
+                                            rows)
     result["chance_shape_color"] = 1 / 8
     try:  # the evaluation module's prompt accuracy (colour inside the prompted box, position), when present
         from imagelm.eval.prompt import prompt_accuracy

@@ -68,12 +68,13 @@ class _Quality:
 
 
 def _sample_images(gen, tokenizer, num_classes: int, per_class: int, seed: int, **options):
-    import imagelm
+    """per_class images of every class -> (images [N, 3, H, W] in [-1, 1], uint8 [N, H, W, 3], labels [N])."""
     from imagelm.data.transforms import to_uint8
-    tokens = imagelm.sample(gen, list(range(num_classes)), n=per_class, seed=seed, **options)
-    images = imagelm.decode_tokens(tokens, tokenizer).float()
+    from imagelm.images import Sampler, generate_images
+    from imagelm.sampling.autoregressive import SamplingOptions
+    made = generate_images(gen, torch.arange(num_classes), tokenizer, per_class, Sampler(SamplingOptions(**options)), seed)
     labels = np.repeat(np.arange(num_classes), per_class)
-    return images, to_uint8(images), labels
+    return made.images, to_uint8(made.images), labels
 
 
 def run_study(out: str | Path, data: str = "shapes-simple", budget: str = "default", seed: int = 0,
@@ -83,14 +84,16 @@ def run_study(out: str | Path, data: str = "shapes-simple", budget: str = "defau
     from imagelm.data import build_dataset
     from imagelm.data.codes import MANIFEST, CodesDataset, extract_codes
     from imagelm.data.transforms import save_grid, to_uint8
-    from imagelm.eval.classifier import ClassifierTrainArgs, load_classifier, train_classifier
+    from imagelm.eval.classifier import load_classifier
     from imagelm.eval.plots import line_plot
     from imagelm.eval.recon import evaluate_tokenizer
     from imagelm.eval.tokens import attention_locality, attention_maps, unigram_kl_from_uniform
     from imagelm.tokenizers import load_tokenizer
+    from imagelm.train.classifier import ClassifierTrainArgs, train_classifier
     from imagelm.train.generator import GeneratorTrainArgs, generator_loss, train_generator
+    from imagelm.train.loop import step_generator
     from imagelm.train.tokenizer import TokenizerTrainArgs, train_tokenizer
-    from imagelm.vocab import TokenLayout, convert_tokens
+    from imagelm.vocab import convert_tokens
 
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
@@ -142,11 +145,10 @@ def run_study(out: str | Path, data: str = "shapes-simple", budget: str = "defau
                                            preview_every=b["gen_steps"]))
         gen = imagelm.load(gen_dir)
         codes = CodesDataset(runs / f"codes-{tok_name}")
-        layout = TokenLayout.from_dict(gen.meta["layout"])
+        layout = gen.meta.layout
         tokens, labels = codes.batch(torch.arange(min(512, len(codes))), layout=layout)
-        torch.manual_seed(seed)  # the same masks for every masked model
-        with torch.no_grad():
-            loss = generator_loss(kind, gen, tokens, labels).item()
+        with torch.no_grad():   # the same masks for every masked model (no condition dropout: eval mode)
+            loss = generator_loss(kind, gen, tokens, labels, step_generator(seed, 0)).item()
         images, images_u8, sample_labels = _sample_images(gen, tokenizers[tok_name], num_classes, b["per_class"],
                                                          seed, cfg_scale=2.0)
         save_grid(images, out / f"samples-{name.replace(' ', '-')}.png", nrow=b["per_class"])

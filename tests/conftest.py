@@ -37,9 +37,10 @@ def tiny_codes(tiny_tokenizer, tmp_path_factory):
 def tiny_generator(tiny_codes, tmp_path_factory):
     from imagelm.train.generator import GeneratorTrainArgs, train_generator
     out = tmp_path_factory.mktemp("gpt")
+    # Previews at steps 2 and 4 through the bf16 engine (tests/train/test_generator.py checks they follow the weights).
     train_generator(GeneratorTrainArgs(codes=str(tiny_codes), out=str(out), steps=4, batch_size=8, log_every=2,
-                                       preview_every=4, ckpt_every=2, precision="fp32", device="cpu",
-                                       progress=False))
+                                       preview_every=2, preview_dtype="bfloat16", ckpt_every=2, precision="fp32",
+                                       device="cpu", progress=False))
     return out
 
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import imagelm
+from imagelm.checkpoint import CheckpointMeta
 from imagelm.models import build_generator, gpt_config
 from imagelm.sampling.autoregressive import SamplingOptions, generate
 
@@ -57,7 +58,7 @@ def test_cfg_interval_and_linear_schedule_run(model):
 
 
 def test_public_sample_api(model):
-    model.meta = {"class_names": ["a", "b", "c", "d", "e"]}
+    model.meta = CheckpointMeta(kind="ar", config=model.config.to_dict(), class_names=("a", "b", "c", "d", "e"))
     tokens = imagelm.sample(model, ["b", 3], n=2, cfg_scale=2.0, seed=1)
     assert tokens.shape == (4, 16, 1)
     assert torch.equal(tokens, imagelm.sample(model, [1, 3], n=2, cfg_scale=2.0, seed=1))

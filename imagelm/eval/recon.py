@@ -92,3 +92,34 @@ def evaluate_tokenizer(tokenizer, dataset, num_images: int | None = None, batch_
         from imagelm.eval.fid import fid
         metrics["rfid"] = fid(np.concatenate(originals), np.concatenate(recons))
     return metrics
+
+
+@torch.no_grad()
+def reconstruction_grid(tokenizer, images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, H, W] in [-1, 1] -> [2B, 3, H, W]: each original followed by its reconstruction
+    (float32, CPU), for a grid of side-by-side pairs."""
+    device = next(tokenizer.parameters()).device
+    x = images.to(device)
+    recon = tokenizer.decode(tokenizer.encode(x))
+    return torch.stack([x, recon], dim=1).flatten(0, 1).float().cpu()
+
+
+def save_reconstructions(tokenizer, images: torch.Tensor, path, nrow: int = 8):
+    """Write originals and reconstructions side by side (`nrow` images a row, pairs adjacent) -> path."""
+    from imagelm.data.transforms import save_grid
+    return save_grid(reconstruction_grid(tokenizer, images), path, nrow=nrow)
+
+
+def reconstruct(tokenizer, data: str, out, num: int = 1000, split: str = "test", seed: int = 0) -> dict:
+    """`imagelm reconstruct`: the metrics of `evaluate_tokenizer` over `num` images of data set `data`
+    (a built-in one's `split`, or a folder) at the tokenizer's size, and out/reconstructions.png (the
+    first 16: original | reconstruction) -> the metrics and "grid" (its path)."""
+    from pathlib import Path
+
+    from imagelm.data import build_dataset
+    dataset = build_dataset(data, image_size=tokenizer.config.image_size, split=split, seed=seed)
+    metrics = evaluate_tokenizer(tokenizer, dataset, num, device=next(tokenizer.parameters()).device)
+    n_show = min(16, len(dataset))
+    grid = save_reconstructions(tokenizer, torch.stack([dataset[i][0] for i in range(n_show)]),
+                                Path(out) / "reconstructions.png")
+    return {**metrics, "grid": grid}

@@ -1,10 +1,16 @@
 """Condition embedders: each turns a condition into the prefix the transformer continues, and owns
 the condition dropout that classifier-free guidance is trained with.
 
-Both offer the interface a generator uses: `drop(cond)` (training-time dropout to null),
+Both offer the interface a generator uses: `drop(cond, generator)` (training-time dropout to null),
 `null_like(cond)` (the null condition, for CFG), `prefix_mask(cond)` ([B, P] bool of real prefix
 positions, or None when there is no padding) and `forward(cond) -> prefix [B, P, dim]`.
 A class condition is a tensor of ids [B]; a text condition is a `TextCondition` (features + mask).
+
+Condition dropout draws only from the `torch.Generator` it is given (the training loop's, seeded
+per step), never from the global RNG: called without one, `drop` leaves the condition as it is.
+The training loop drops conditions before the forward pass; the drop itself needs no parameter
+(a null class id, or a flag per caption that the embedder's forward turns into its learned null
+caption), so it works on sharded (FSDP) models too.
 """
 from __future__ import annotations
 
@@ -30,11 +36,12 @@ class ClassEmbedder(nn.Module):
         """The null class for every element of labels [B] -> [B]."""
         return torch.full_like(labels, self.null_id)
 
-    def drop(self, labels: torch.Tensor) -> torch.Tensor:
-        """Replace each label by the null class with probability dropout_prob (global torch RNG)."""
-        if self.dropout_prob <= 0:
+    def drop(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """labels [B] -> [B], each replaced by the null class with probability dropout_prob, drawn
+        from `generator` (None: no dropout)."""
+        if self.dropout_prob <= 0 or generator is None:
             return labels
-        drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+        drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.dropout_prob
         return torch.where(drop, self.null_like(labels), labels)
 
     def prefix_mask(self, labels: torch.Tensor) -> None:
@@ -48,14 +55,19 @@ class ClassEmbedder(nn.Module):
 @dataclass(frozen=True)
 class TextCondition:
     """A batch of captions as a text encoder saw them (see imagelm/text): features [B, T, C] float,
-    mask [B, T] bool (True = a real token). Left-padded: real tokens occupy the last positions."""
+    mask [B, T] bool (True = a real token). Left-padded: real tokens occupy the last positions.
+    null: [B] bool or None, captions dropped to the null caption (condition dropout in training);
+    the embedder's forward puts its learned null caption in their place."""
     features: torch.Tensor
     mask: torch.Tensor
+    null: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.features.dim() != 3 or self.mask.shape != self.features.shape[:2]:
             raise ValueError(f"a text condition needs features [B, T, C] and mask [B, T], got "
                              f"{tuple(self.features.shape)} and {tuple(self.mask.shape)}")
+        if self.null is not None and self.null.shape != self.features.shape[:1]:
+            raise ValueError(f"a text condition's null flags must be [B], got {tuple(self.null.shape)}")
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -64,21 +76,27 @@ class TextCondition:
     def device(self) -> torch.device:
         return self.features.device
 
+    def _map(self, fn) -> TextCondition:
+        return TextCondition(fn(self.features), fn(self.mask), None if self.null is None else fn(self.null))
+
     def to(self, device) -> TextCondition:
-        return TextCondition(self.features.to(device), self.mask.to(device))
+        return self._map(lambda t: t.to(device))
 
     def __getitem__(self, index) -> TextCondition:
         """Rows by int tensor, slice or list: [B, ...] -> [B', ...]."""
-        return TextCondition(self.features[index], self.mask[index])
+        return self._map(lambda t: t[index])
 
     def repeat_interleave(self, n: int) -> TextCondition:
-        return TextCondition(self.features.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
+        return self._map(lambda t: t.repeat_interleave(n, 0))
 
 
 def cat_conditions(conds: list) -> torch.Tensor | TextCondition:
     """Concatenate conditions along the batch: class ids [B_i] or TextConditions."""
     if isinstance(conds[0], TextCondition):
-        return TextCondition(torch.cat([c.features for c in conds]), torch.cat([c.mask for c in conds]))
+        null = None
+        if any(c.null is not None for c in conds):
+            null = torch.cat([c.null if c.null is not None else c.mask.new_zeros(len(c)) for c in conds])
+        return TextCondition(torch.cat([c.features for c in conds]), torch.cat([c.mask for c in conds]), null)
     return torch.cat(conds)
 
 
@@ -105,14 +123,15 @@ class CaptionEmbedder(nn.Module):
             return TextCondition(features, cond.mask.clone())
         return TextCondition(features, torch.ones(B, self.token_num, dtype=torch.bool, device=cond.device))
 
-    def drop(self, cond: TextCondition) -> TextCondition:
-        """Replace each caption by the null caption with probability dropout_prob (global torch RNG)."""
-        if self.dropout_prob <= 0:
+    def drop(self, cond: TextCondition, generator: torch.Generator | None = None) -> TextCondition:
+        """Flag each caption for the null caption with probability dropout_prob, drawn from
+        `generator` (None: no dropout); its mask becomes the null caption's. The features are swapped
+        in `forward`, where the parameters live (also when sharded)."""
+        if self.dropout_prob <= 0 or generator is None:
             return cond
-        drop = torch.rand(len(cond), device=cond.device) < self.dropout_prob          # [B]
-        null = self.null_like(cond)
-        return TextCondition(torch.where(drop[:, None, None], null.features, cond.features),
-                             torch.where(drop[:, None], null.mask, cond.mask))
+        drop = torch.rand(len(cond), device=cond.device, generator=generator) < self.dropout_prob   # [B]
+        mask = cond.mask if self.null_mask == "same" else cond.mask | drop[:, None]
+        return TextCondition(cond.features, mask, drop if cond.null is None else cond.null | drop)
 
     def prefix_mask(self, cond: TextCondition) -> torch.Tensor:
         """Which prefix positions hold real tokens: [B, T] bool."""
@@ -122,4 +141,7 @@ class CaptionEmbedder(nn.Module):
         if cond.features.shape[1:] != self.null_caption.shape:
             raise ValueError(f"caption features of shape {tuple(cond.features.shape[1:])} given to a model "
                              f"trained on [T, C] = {list(self.null_caption.shape)}")
-        return self.mlp(cond.features.to(self.null_caption.dtype))                     # [B, T, dim]
+        features = cond.features.to(self.null_caption.dtype)                           # [B, T, C]
+        if cond.null is not None:
+            features = torch.where(cond.null[:, None, None], self.null_caption, features)
+        return self.mlp(features)                                                      # [B, T, dim]

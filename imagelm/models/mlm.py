@@ -46,10 +46,11 @@ def cosine_mask_ratio(progress: torch.Tensor) -> torch.Tensor:
     return torch.cos(progress * math.pi / 2)
 
 
-def random_training_mask(batch: int, length: int, device=None) -> torch.Tensor:
+def random_training_mask(batch: int, length: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """A training mask [B, L] bool: per sample, a ratio cos(pi/2 * u), u ~ U(0, 1), of positions
-    (at least one) is hidden, chosen uniformly (global torch RNG, so seeded per step)."""
-    ratio = cosine_mask_ratio(torch.rand(batch, device=device))
+    (at least one) is hidden, chosen uniformly; drawn from `generator` (the training loop's, seeded
+    per step; on `device`)."""
+    ratio = cosine_mask_ratio(torch.rand(batch, device=device, generator=generator))
     count = (ratio * length).ceil().clamp(1, length)                                     # [B]
-    ranks = torch.rand(batch, length, device=device).argsort(dim=1).argsort(dim=1)       # random permutation ranks
-    return ranks < count.unsqueeze(1)
+    ranks = torch.rand(batch, length, device=device, generator=generator).argsort(dim=1).argsort(dim=1)
+    return ranks < count.unsqueeze(1)                                                    # random permutation ranks

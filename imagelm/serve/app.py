@@ -131,7 +131,7 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
     `tokenizer` (imagelm.linked_tokenizer). One engine of `rows` cache rows in `dtype`; at most
     `max_n` images a request and `max_pending` requests queued or decoding; on shutdown, in-flight
     work gets `grace_s` seconds to finish before it is cancelled."""
-    from imagelm.api import decode_tokens, encode_prompts, resolve_classes
+    from imagelm.images import decode_tokens, encode_prompts, layout_of, resolve_classes
     from imagelm.data.transforms import to_uint8
 
     config, meta = generator.config, getattr(generator, "meta", {})
@@ -139,7 +139,8 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
     if max_n < 1:
         raise ValueError(f"max_n must be >= 1, got {max_n}")
     engine = Engine(generator, rows=rows, dtype=dtype)
-    worker = EngineWorker(engine, lambda tokens: to_uint8(decode_tokens(tokens, tokenizer).float()),
+    layout = layout_of(generator)
+    worker = EngineWorker(engine, lambda tokens: to_uint8(decode_tokens(tokens, tokenizer, layout)),
                           max_pending=max_pending)
     if text and text_encoder is None:
         from imagelm.text import text_encoder_from_spec

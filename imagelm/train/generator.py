@@ -57,6 +57,7 @@ class GeneratorTrainArgs:
     log_every: int = 20
     preview_every: int = 500              # 0: no previews
     preview_cfg: float = 2.0
+    preview_dtype: str = "auto"           # the sampling engine's dtype for previews (see imagelm.runtime)
     ckpt_every: int = 500
     keep: int = 2
     resume: bool | str = False          # True/"auto": the newest complete checkpoint in out; or a path
@@ -66,7 +67,7 @@ class GeneratorTrainArgs:
     grad_accum: int = 1                 # micro-batches per optimizer step (per rank)
     activation_checkpointing: bool = False
     compile: bool = False
-    workers: int = 0                    # DataLoader worker processes reading the code shards
+    num_workers: int | None = None      # DataLoader workers reading the code shards (None: 0, the main process)
     peak_tflops: float | None = None    # one device's peak, for MFU (default: a known GPU's bf16 peak)
     log: str = "stdout"                 # "stdout" or "tensorboard" (also stdout)
 
@@ -112,15 +113,21 @@ def token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
 
 
-def generator_loss(kind: str, model, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def generator_loss(kind: str, model, tokens: torch.Tensor, cond, generator: torch.Generator | None = None) -> torch.Tensor:
     """The training loss of a generator (called through its DDP wrapper, if any).
 
     ar: next-token cross-entropy at every position. mlm: cross-entropy at the positions hidden by a
-    MaskGIT cosine-ratio mask, drawn from the global RNG (seeded per step).
+    MaskGIT cosine-ratio mask. `generator` (the loop's, seeded per step) draws the condition
+    dropout (in training mode only) and the mask; None: no condition dropout (a masked generator
+    needs one all the same, for its mask).
     """
+    if model.training:
+        cond = loop.unwrap(model).cond_embedder.drop(cond, generator)     # the null condition, sometimes
     if kind == "ar":
         return token_loss(model(tokens, cond), tokens)
-    mask = random_training_mask(tokens.shape[0], tokens.shape[1], tokens.device)  # [B, L]
+    if generator is None:
+        raise ValueError("a masked generator's loss draws its mask: pass a torch.Generator")
+    mask = random_training_mask(tokens.shape[0], tokens.shape[1], tokens.device, generator)  # [B, L]
     return token_loss(model(tokens, cond, mask)[mask], tokens[mask])
 
 
@@ -158,11 +165,11 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
     autocast_dtype = None if strategy == "fsdp" else dtype  # FSDP2's policy casts the parameters instead
     opt = loop.build_optimizer(model, args.lr, args.weight_decay, args.betas)  # after sharding: DTensor params
     start_step = _resume(args, out, config, model, ema, opt, strategy, optimizer_params, rt)
-    meta = {"kind": args.kind, "config": config.to_dict(), "preset": args.preset,
-            "tokenizer": codes.manifest["tokenizer"], "layout": layout.to_dict(),
-            "class_names": codes.class_names, "codes": str(Path(args.codes).resolve()),
-            "text_encoder": codes.text if config.cond == "text" else None,
-            "train_args": dataclasses.asdict(args)}
+    meta = checkpoint.CheckpointMeta(
+        kind=args.kind, config=config.to_dict(), layout=layout, tokenizer=codes.tokenizer_link,
+        class_names=tuple(codes.class_names), preset=args.preset,
+        text_encoder=checkpoint.TextSpec(**codes.text) if config.cond == "text" else None,
+        extra={"codes": str(Path(args.codes).resolve()), "train_args": dataclasses.asdict(args)})
 
     n_params = sum(p.numel() for p in ema.parameters()) if strategy != "fsdp" else config_params(config, args.kind)
     rt.print(f"generator {args.preset} ({args.kind}): {n_params / 1e6:.2f}M params, {len(codes)} images x "
@@ -174,7 +181,7 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
     if strategy == "fsdp":
         rt.print("FSDP: checkpoints are sharded (torch.distributed.checkpoint); previews are off (the EMA is sharded)")
     batches = iter(code_batch_loader(codes, layout, args.batch_size, args.seed, rt.rank, rt.world_size, start_step,
-                                     args.steps, text=config.cond == "text", workers=args.workers,
+                                     args.steps, text=config.cond == "text", workers=args.num_workers or 0,
                                      pin_memory=rt.device.type == "cuda"))
     # Tokens are sequence positions: an image is L of them (its n sub-tokens are one position).
     meter = Throughput(rt.device, args.batch_size * config.seq_len, flops_per_token,
@@ -183,7 +190,8 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
                disable=not (args.progress and rt.is_main), dynamic_ncols=True)
     t0, final = time.time(), None
     for step in bar:
-        loop.seed_step(args.seed, step, rt.rank)
+        loop.seed_step(args.seed, step, rt.rank)               # token/residual dropout (nn.Dropout)
+        rng = loop.step_generator(args.seed, step, rt.rank, rt.device)   # condition dropout, masks
         tokens, labels, text = next(batches)                      # this rank's share: [B/W, L, n], [B/W]
         conds = labels if config.cond == "class" else text        # class ids or captions
         lr = loop.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
@@ -199,7 +207,7 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
             # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) only on the last micro-batch.
             with parallel.grad_sync(train_model, strategy, sync=i == len(micro) - 1):
                 with runtime.autocast(rt.device, autocast_dtype):
-                    loss = generator_loss(args.kind, train_model, tok, cond) / len(micro)
+                    loss = generator_loss(args.kind, train_model, tok, cond, rng) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
         parallel.clip_grad_norm(model, args.grad_clip)
@@ -218,7 +226,7 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
         with meter.paused():  # previews and checkpoints are not training throughput
             if (rt.is_main and strategy != "fsdp" and args.preview_every > 0
                     and ((step + 1) % args.preview_every == 0 or step + 1 == args.steps)):
-                _write_preview(ema, meta, out / "previews" / f"step-{step + 1:07d}.png", args, rt.device)
+                _write_preview(ema, meta, codes, out / "previews" / f"step-{step + 1:07d}.png", args, rt.device)
             if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
                 if strategy == "fsdp":
                     final = dcp.save_sharded(out, step + 1, meta, model, ema, opt, rt.rank, rt.world_size, args.keep)
@@ -252,34 +260,36 @@ def _resume(args: GeneratorTrainArgs, out: Path, config, model, ema, opt, strate
         return 0
     hint = "use a new --out or the same preset, codes and options"
     if checkpoint.is_sharded(ckpt):      # saved by FSDP on any number of ranks
-        loop.check_config(ckpt, config, lambda meta: GPTConfig(**meta["config"]), hint)
+        loop.check_config(ckpt, config, lambda meta: meta.config_as(GPTConfig), hint)
         step = dcp.load_sharded(ckpt, model, ema, opt)
     elif strategy == "fsdp":             # a full checkpoint, sharded as it loads
-        loop.check_config(ckpt, config, lambda meta: GPTConfig(**meta["config"]), hint)
+        loop.check_config(ckpt, config, lambda meta: meta.config_as(GPTConfig), hint)
         step = dcp.load_full_into_sharded(ckpt, model, ema, opt, optimizer_params)
     else:
-        state = loop.resume_weights(ckpt, config, lambda meta: GPTConfig(**meta["config"]), model, ema, hint)
+        state = loop.resume_weights(ckpt, config, lambda meta: meta.config_as(GPTConfig), model, ema, hint)
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
     rt.print(f"resumed from {ckpt} at step {step}")
     return step
 
 
-def _write_preview(model, meta: dict, path: Path, args: GeneratorTrainArgs, device) -> None:
+def _write_preview(model, meta: checkpoint.CheckpointMeta, codes: CodesDataset, path: Path,
+                   args: GeneratorTrainArgs, device) -> None:
     """A grid with a row per class (up to 10), or per caption (the first 8 of the codes) for a text
-    model, decoded by the linked tokenizer when it can be found."""
-    from imagelm.api import decode_tokens, linked_tokenizer, sample
-    from imagelm.data.transforms import save_grid
+    model, sampled from the live (EMA) weights and decoded by the linked tokenizer when it is found."""
+    from imagelm.images import Sampler, generate_images, save_images
+    from imagelm.sampling.autoregressive import SamplingOptions
+    from imagelm.tokenizers import load_linked_tokenizer
 
-    tokenizer = linked_tokenizer(meta, device=device, required=False)
+    tokenizer = load_linked_tokenizer(meta, device, required=False)
     if tokenizer is None:
         return
     per_class = 8
     if model.config.cond == "text":
-        codes = CodesDataset(meta["codes"])
-        cond = codes.text_batch(torch.arange(min(8, len(codes)))).to(device).repeat_interleave(per_class)
+        cond = codes.text_batch(torch.arange(min(8, len(codes)))).to(device)
     else:
-        cond = torch.arange(min(10, model.config.num_classes), device=device).repeat_interleave(per_class)
-    tokens = sample(model, cond, cfg_scale=args.preview_cfg, seed=args.seed)
+        cond = torch.arange(min(10, model.config.num_classes), device=device)
+    sampler = Sampler(SamplingOptions(cfg_scale=args.preview_cfg), dtype=args.preview_dtype)
+    images = generate_images(model, cond, tokenizer, per_class, sampler, seed=args.seed, layout=meta.layout).images
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(decode_tokens(tokens, tokenizer).float().cpu(), path, nrow=per_class)
+    save_images(images, path, nrow=per_class)

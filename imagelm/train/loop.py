@@ -2,9 +2,12 @@
 batches, and exact resume (device, torchrun and precision choices live in imagelm.runtime).
 
 Exact resume rests on one rule: everything random in step `s` (batch order, flips, dropout,
-condition dropout, Bernoulli bits) is a pure function of (seed, s, rank). The batch order comes
-from `batch_indices`, and the global torch RNG is re-seeded by `seed_step` at the start of each
-step, so a run resumed at step s replays exactly what an uninterrupted run would have done.
+condition dropout, masks, Bernoulli bits) is a pure function of (seed, s, rank). The batch order
+comes from `batch_indices`; condition dropout and the masked model's training masks draw from
+`step_generator(seed, s, rank)`, a torch.Generator the loop hands to them; what cannot take a
+generator (nn.Dropout inside the model, a tokenizer's Bernoulli bits) draws from the global torch
+RNG, re-seeded by `seed_step` at the start of each step. So a run resumed at step s replays
+exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from imagelm.data.sampler import batch_indices  # noqa: F401  (re-exported: the loops' batch order)
-from imagelm.runtime import Runtime
+from imagelm.runtime import Runtime, seeded_generator
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
@@ -71,6 +74,12 @@ def seed_step(seed: int, step: int, rank: int = 0) -> None:
     torch.manual_seed((seed * 1_000_003 + step) * 4099 + rank)
 
 
+def step_generator(seed: int, step: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """The torch.Generator of step `step` on rank `rank` (on `device`): condition dropout and
+    training masks draw from it. Its own stream, apart from `seed_step`'s."""
+    return seeded_generator(((seed * 1_000_003 + step) * 4099 + rank) * 2 + 1, device)
+
+
 def optimizer_param_names(model: nn.Module) -> list[str]:
     """Parameter names in the order `build_optimizer` indexes them (its state dict is keyed by position)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -108,7 +117,7 @@ def check_config(ckpt, config, config_from_meta, hint: str) -> None:
     from imagelm import checkpoint
     meta = checkpoint.read_meta(ckpt)
     if config_from_meta(meta) != config:
-        raise checkpoint.CheckpointError(f"{meta['path']} was trained with a different config; {hint}")
+        raise checkpoint.CheckpointError(f"{meta.path} was trained with a different config; {hint}")
 
 
 def all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:

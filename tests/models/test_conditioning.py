@@ -36,15 +36,34 @@ def _gen(model, cond, seed=0, **opts):
 def test_caption_embedder_dropout_swaps_whole_captions_for_the_null_caption():
     emb = CaptionEmbedder(caption_dim=C, dim=16, token_num=T, dropout_prob=0.1)
     cond = _cond([2] * 20_000)
-    dropped = emb.drop(cond)
-    is_null = (dropped.features == emb.null_caption).all(-1).all(-1)             # [B]
+    dropped = emb.drop(cond, torch.Generator().manual_seed(1))
+    is_null = dropped.null                                                        # [B]
     assert abs(is_null.float().mean().item() - 0.1) < 0.01
     assert dropped.mask[is_null].all()                                            # null caption: all valid
-    assert torch.equal(dropped.features[~is_null], cond.features[~is_null])
     assert torch.equal(dropped.mask[~is_null], cond.mask[~is_null])
+    with torch.no_grad():   # the forward puts the learned null caption where the flags say
+        null_rows = emb(emb.null_like(cond[:1]))[0]
+        prefix = emb(dropped[:200])
+        assert torch.allclose(prefix[is_null[:200]], null_rows.expand(int(is_null[:200].sum()), -1, -1))
+        assert torch.equal(prefix[~is_null[:200]], emb(cond[:200])[~is_null[:200]])
     assert emb(cond[:3]).shape == (3, T, 16)
     with pytest.raises(ValueError, match="caption features of shape"):
         emb(TextCondition(torch.zeros(1, T + 1, C), torch.ones(1, T + 1, dtype=torch.bool)))
+
+
+def test_condition_dropout_draws_only_from_the_generator_it_is_given():
+    from imagelm.models.conditioning import ClassEmbedder
+    emb = ClassEmbedder(num_classes=5, dim=8, dropout_prob=0.5)
+    labels = torch.arange(5).repeat(200)
+    state = torch.get_rng_state()
+    a = emb.drop(labels, torch.Generator().manual_seed(3))
+    b = emb.drop(labels, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and 0.4 < (a == 5).float().mean() < 0.6     # same seed, same drops, ~half null
+    assert torch.equal(emb.drop(labels), labels)                          # no generator: no dropout
+    assert torch.equal(torch.get_rng_state(), state)                      # the global RNG never moved
+    text = CaptionEmbedder(caption_dim=C, dim=16, token_num=T, dropout_prob=0.5)
+    cond = _cond()
+    assert text.drop(cond, None) is cond
 
 
 def _recording_sdpa(records):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import imagelm
+import imagelm.images
 from imagelm.cli import main
 from imagelm.text import load_text_encoder
 from imagelm.text.encoders import left_align, minilm_path
@@ -101,15 +102,17 @@ def test_text_generator_checkpoint_names_its_encoder_and_samples_prompts(text_ru
     _, gpt = text_run
     gen = imagelm.load(gpt)
     assert gen.config.cond == "text" and gen.config.cls_token_num == 12 and gen.config.caption_dim == 384
-    assert gen.meta["text_encoder"]["name"] == "minilm"
+    assert gen.meta.text_encoder.name == "minilm" and gen.meta.text_encoder.max_len == 12
     a = imagelm.sample(gen, [PROMPT, "a large green star at the center on a white background"], n=2,
                        cfg_scale=3.0, seed=4)
     assert a.shape == (4, 16, 1)
     assert torch.equal(a, imagelm.sample(gen, [PROMPT, "a large green star at the center on a white background"],
                                          n=2, cfg_scale=3.0, seed=4))
     assert imagelm.sample(gen, PROMPT, n=1).shape == (1, 16, 1)
-    with pytest.raises(ValueError, match="no prompts"):
+    with pytest.raises(ValueError, match="text-conditional: give --prompt"):
         imagelm.sample(gen, [])
+    with pytest.raises(ValueError, match="text-conditional: give --prompt TEXT or --prompts FILE, not --classes"):
+        imagelm.images.conditions(gen, classes=[0])
 
 
 def test_cli_text_to_image(text_run, tiny_generator, tmp_path, capsys):

@@ -35,13 +35,19 @@ def test_peak_and_mfu():
     assert Throughput(cpu, 10).read()["mfu"] is None
 
 
-def test_paused_time_is_not_counted():
-    import time
+def test_paused_time_is_not_counted(monkeypatch):
+    clock = [100.0]                      # a clock the test moves: no wall-clock timing in unit tests
+    monkeypatch.setattr(Throughput, "_now", lambda self: clock[0])
     meter = Throughput(torch.device("cpu"), tokens_per_step=10)
+    clock[0] += 1.0
     meter.step()
-    with meter.paused():
-        time.sleep(0.2)
-    assert meter.read()["seconds"] < 0.15
+    with meter.paused():                 # a preview or checkpoint
+        clock[0] += 5.0
+    clock[0] += 0.5
+    record = meter.read()
+    assert record["seconds"] == pytest.approx(1.5) and record["tokens_per_s"] == pytest.approx(10 / 1.5)
+    clock[0] += 2.0                      # read() restarts the count
+    assert meter.read()["seconds"] == pytest.approx(2.0)
 
 
 def test_memory_is_reported_per_rank():

@@ -1,7 +1,10 @@
 """Sample many images for evaluation: batched, resumable, split over torchrun processes.
 
     imagelm sample-many --ckpt runs/gpt --n 50000 --out samples.npz
-    torchrun --nproc-per-node 4 -m imagelm.cli sample-many --ckpt runs/gpt --n 50000 --out samples.npz
+    torchrun --nproc-per-node 4 -m imagelm.cli -- sample-many --ckpt runs/gpt --n 50000 --out samples.npz
+
+(Under torchrun, `--` ends torchrun's own options: it would otherwise take `--n` for an
+abbreviation of its `--nnodes`/`--nproc-per-node` and stop.)
 
 Image i has class classes[i % len(classes)] (all classes by default, so they are evenly spread).
 The images are made in fixed chunks of `batch_size` indices; chunk c is sampled from its own seed
@@ -13,6 +16,7 @@ uint8 [N, H, W, 3] and `arr_1` int64 [N] class labels, written to a temporary fi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -23,9 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from imagelm import runtime
 from imagelm.atomic import atomic_file
 from imagelm.eval.fid import open_npz, write_npz_atomic
-from imagelm import runtime
+from imagelm.images import Sampler, generate_images, resolve_classes
+from imagelm.models import load_generator
+from imagelm.tokenizers import load_linked_tokenizer, load_tokenizer
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -33,14 +40,10 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return (seed * 1_000_003 + chunk * 7_919 + 12_345) % (2 ** 62)
 
 
-def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale: float = 2.0,
-                cfg_schedule: str = "constant", cfg_interval: int = -1, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0, seed: int = 0, tokenizer=None, device: str | None = None,
-                progress: bool = True, engine: str = "engine", dtype: str = "auto") -> Path | None:
+def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, sampler: Sampler = Sampler(),
+                seed: int = 0, tokenizer=None, device: str | None = None, progress: bool = True) -> Path | None:
     """Sample n images from the generator at `ckpt` into `out` (.npz with arr_0 uint8 [n, H, W, 3],
     arr_1 labels [n]). Returns `out`, or None on ranks other than 0 / when chunks are still missing."""
-    import imagelm
-    from imagelm.api import resolve_classes
     from imagelm.data.transforms import to_uint8
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
@@ -52,17 +55,19 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
         raise ValueError(f"{out} already exists; remove it or choose another --out")
     rt = runtime.setup_runtime(device)
     try:
-        gen = imagelm.load(ckpt, rt.device)
-        tok = imagelm.linked_tokenizer(gen.meta, tokenizer, rt.device)
+        gen = load_generator(ckpt, rt.device)
+        tok = load_tokenizer(tokenizer, rt.device) if tokenizer else load_linked_tokenizer(gen.meta, rt.device)
         ids = resolve_classes(list(classes) if classes else list(range(gen.config.num_classes)),
-                              gen.meta.get("class_names", []), gen.config.num_classes)
+                              gen.meta.class_names, gen.config.num_classes)
         labels = np.array([ids[i % len(ids)] for i in range(n)], dtype=np.int64)
-        if engine == "engine" and getattr(gen, "kind", "ar") == "ar":
+        if sampler.engine == "engine" and gen.kind == "ar":
             # Record what auto means here: a resumed run on another machine must not switch dtypes.
-            dtype = runtime.choose_sampling_dtype(rt.device, dtype)[0]
-        plan = {"ckpt": gen.meta["path"], "n": n, "batch_size": batch_size, "seed": seed, "classes": ids,
-                "cfg_scale": cfg_scale, "cfg_schedule": cfg_schedule, "cfg_interval": cfg_interval,
-                "temperature": temperature, "top_k": top_k, "top_p": top_p, "engine": engine, "dtype": dtype}
+            sampler = dataclasses.replace(sampler, dtype=runtime.choose_sampling_dtype(rt.device, sampler.dtype)[0])
+        o = sampler.options
+        plan = {"ckpt": str(gen.meta.path), "n": n, "batch_size": batch_size, "seed": seed, "classes": ids,
+                "cfg_scale": o.cfg_scale, "cfg_schedule": o.cfg_schedule, "cfg_interval": o.cfg_interval,
+                "temperature": o.temperature, "top_k": o.top_k, "top_p": o.top_p, "engine": sampler.engine,
+                "dtype": sampler.dtype, "steps": sampler.steps}
         if rt.is_main:
             _start_or_check(parts, plan)
         runtime.barrier(rt)
@@ -74,10 +79,7 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
                  f"{len(mine)} to sample on this process (of {rt.world_size})")
         for c in tqdm(mine, desc="sample-many", unit="chunk", disable=not (progress and rt.is_main)):
             cond = torch.from_numpy(labels[c * batch_size:(c + 1) * batch_size])
-            tokens = imagelm.sample(gen, cond, n=1, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
-                                    cfg_interval=cfg_interval, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, seed=chunk_seed(seed, c), engine=engine, dtype=dtype)
-            images = to_uint8(imagelm.decode_tokens(tokens, tok).float())  # [b, H, W, 3]
+            images = to_uint8(generate_images(gen, cond, tok, 1, sampler, chunk_seed(seed, c)).images)  # [b, H, W, 3]
             write_npz_atomic(_chunk_path(parts, c), arr_0=images, arr_1=cond.numpy())
         runtime.barrier(rt)
         if not rt.is_main:

@@ -1,0 +1,318 @@
+"""From conditions to pictures: the one path that `imagelm sample`, `sample-many`, the demos, the
+study, training previews and the server all take.
+
+    conds = conditions(gen, classes=[0, "circle"])                  # the one condition validator
+    out = generate_images(gen, conds.cond, tokenizer, n=4, sampler=Sampler(SamplingOptions(cfg_scale=2)))
+    save_images(out.images, "grid.png", nrow=4)                     # out.tokens [8, L, n], out.images [8, 3, H, W]
+
+A generator's tokens decode through the layout its checkpoint records (`meta.layout`), so an
+imported generator whose grid differs from its tokenizer's native size decodes right.
+
+Sampling AR generators through the engine reuses one engine while the same model's weights are
+unchanged (a small cache held here, never on the model): a bf16 or int8 engine holds a converted
+copy of the weights, so the cache is keyed by the model and a fingerprint of its parameters
+(storage and in-place version counters), and a training preview after an optimizer or EMA step
+gets a fresh engine.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from imagelm import checkpoint
+from imagelm.models.conditioning import TextCondition
+from imagelm.runtime import choose_sampling_dtype, seeded_generator
+from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.engine import Engine
+from imagelm.sampling.masked import generate_masked
+from imagelm.vocab import TokenLayout
+
+SAMPLERS = ("engine", "plain")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How tokens are drawn: the logits maths (`options`), and the machinery: AR generators through
+    the fast `engine` (in `dtype`: auto | float32 | bfloat16 | int8) or the `plain` reference
+    sampler; masked generators in `steps` parallel steps."""
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    steps: int = 10
+    engine: str = "engine"
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        if self.engine not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.engine!r}; choose engine or plain")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Validated conditions: cond (class ids [B] int64 or a TextCondition of batch B), a readable
+    name for each (class name or prompt), and what they are ("classes" or "prompts")."""
+    cond: torch.Tensor | TextCondition
+    names: tuple[str, ...]
+    what: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What `generate_images` made: tokens [B * n, L, n_sub] int64 and images [B * n, 3, H, W]
+    float32 on the CPU in [-1, 1], grouped by condition."""
+    tokens: torch.Tensor
+    images: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------- conditions
+def resolve_classes(classes, class_names, num_classes: int) -> list[int]:
+    """Class ids from ids or names (e.g. [0, "circle"]); a one-line ValueError for unknown ones."""
+    class_names = list(class_names)
+    ids = []
+    for c in classes:
+        if isinstance(c, str) and not c.lstrip("-").isdigit():
+            if c not in class_names:
+                known = ", ".join(class_names) if class_names else "none (the model has only numeric ids)"
+                raise ValueError(f"unknown class {c!r}; known class names: {known}")
+            ids.append(class_names.index(c))
+            continue
+        i = int(c)
+        if not 0 <= i < num_classes:
+            raise ValueError(f"unknown class {i}: the model has classes 0..{num_classes - 1}")
+        ids.append(i)
+    return ids
+
+
+def encode_prompts(generator, prompts: list[str], text_encoder=None) -> TextCondition:
+    """Prompts (B strings) -> TextCondition [B, T, C] from the text encoder the generator was trained
+    with (named in its checkpoint), or from `text_encoder` (an imagelm.text.TextEncoder) if given."""
+    from imagelm.text import text_encoder_from_spec
+    if not prompts:
+        raise ValueError("no prompts given")
+    device = next(generator.parameters()).device
+    if text_encoder is None:
+        meta = meta_of(generator)
+        if meta is None or meta.text_encoder is None:
+            raise ValueError("this text-conditional generator does not name its text encoder; pass text_encoder=")
+        text_encoder = text_encoder_from_spec(meta.text_encoder.to_dict(), device)
+    want = (generator.config.cls_token_num, generator.config.caption_dim)
+    if (text_encoder.max_len, text_encoder.dim) != want:
+        raise ValueError(f"text encoder gives [T, C] = [{text_encoder.max_len}, {text_encoder.dim}] but the "
+                         f"generator expects [{want[0]}, {want[1]}]")
+    return text_encoder.encode(list(prompts)).to(device)
+
+
+def read_prompts(file) -> list[str]:
+    """The non-empty lines of a prompts file; a one-line error when missing or empty."""
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"no prompts in {path} (one per line)")
+    return prompts
+
+
+def conditions(generator, classes=None, prompts=None, text_encoder=None) -> Conditions:
+    """The one condition validator: class ids or names for a class generator (None: every class),
+    prompts for a text generator; the wrong kind for the generator is a one-line ValueError."""
+    prompts = list(prompts or [])
+    if generator.config.cond == "text":
+        if classes:
+            raise ValueError("this generator is text-conditional: give --prompt TEXT or --prompts FILE, not --classes")
+        if not prompts:
+            raise ValueError("this generator is text-conditional: give --prompt TEXT or --prompts FILE")
+        return Conditions(encode_prompts(generator, prompts, text_encoder), tuple(prompts), "prompts")
+    if prompts:
+        raise ValueError("this generator is class-conditional: give --classes, not --prompt/--prompts")
+    names = class_names_of(generator)
+    num = generator.config.num_classes
+    ids = resolve_classes(list(classes) if classes else range(num), names, num)
+    return Conditions(torch.tensor(ids, dtype=torch.long),
+                      tuple(names[i] if i < len(names) else str(i) for i in ids), "classes")
+
+
+def as_condition(generator, cond, text_encoder=None) -> torch.Tensor | TextCondition:
+    """What `imagelm.sample` accepts, as the sampler's condition: a tensor of class ids [B] or a
+    TextCondition as they are; a list of ids/names (class generators) or a prompt / list of prompts
+    (text generators) through `conditions`."""
+    if isinstance(cond, TextCondition) or torch.is_tensor(cond):
+        return cond
+    if generator.config.cond == "text":
+        return conditions(generator, prompts=[cond] if isinstance(cond, str) else list(cond),
+                          text_encoder=text_encoder).cond
+    return conditions(generator, classes=list(cond) or None).cond
+
+
+def meta_of(module) -> checkpoint.CheckpointMeta | None:
+    """The CheckpointMeta a loader attached to `module`; None for a module built in memory."""
+    meta = getattr(module, "meta", None)
+    return meta if isinstance(meta, checkpoint.CheckpointMeta) else None
+
+
+def class_names_of(generator) -> tuple[str, ...]:
+    meta = meta_of(generator)
+    return meta.class_names if meta else ()
+
+
+# ------------------------------------------------------------------------------------ sampling
+def sample_tokens(generator, cond, n: int = 1, sampler: Sampler = Sampler(), seed: int = 0,
+                  progress: bool = False) -> torch.Tensor:
+    """Sample `n` images per condition (cond: class ids [B] or a TextCondition of batch B)
+    -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
+    same dtype); in float32 the engine and the plain sampler give the same tokens."""
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    device = next(generator.parameters()).device
+    cond = cond.to(device).repeat_interleave(n)
+    options = sampler.options
+    if generator.kind == "mlm":
+        if options.cfg_interval >= 0:
+            raise ValueError("--cfg-interval guides the first N tokens of an autoregressive generator; a masked "
+                             "generator decodes every position at every step (use --cfg-schedule)")
+        return generate_masked(generator, cond, options, sampler.steps, seeded_generator(seed, device),
+                               progress=progress)
+    if sampler.engine == "plain":
+        return generate(generator, cond, options, seeded_generator(seed, device), progress=progress)
+    rows = len(cond) * (2 if options.guided else 1)
+    return engine_for(generator, rows, sampler.dtype).generate(cond, options, seed, progress=progress)
+
+
+def describe_sampler(generator, sampler: Sampler) -> str:
+    """One line saying how `generator` will be sampled, e.g. "sampler: engine, bfloat16 (...)"."""
+    if generator.kind != "ar":
+        return f"sampler: masked parallel decoding, {sampler.steps} steps"
+    if sampler.engine == "plain":
+        return "sampler: plain (reference), float32"
+    dtype, why = choose_sampling_dtype(next(generator.parameters()).device, sampler.dtype)
+    return f"sampler: engine, {dtype} ({why})"
+
+
+# One engine, for the model sampled last: the cache holds the model weakly and the engine only while
+# that model's weights are unchanged.
+_cache_lock = threading.Lock()
+_cached: dict = {}
+
+
+def _fingerprint(model) -> tuple:
+    """Changes whenever a parameter or buffer is replaced or written in place (optimizer and EMA
+    steps, load_state_dict): the storage address and autograd's in-place version of each."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def engine_for(generator, rows: int, dtype: str = "auto") -> Engine:
+    """An Engine over `generator`'s current weights with at least `rows` cache rows in `dtype`,
+    reused while the same model is sampled again with unchanged weights."""
+    key = (_fingerprint(generator), dtype)
+    with _cache_lock:
+        ref, old_key, engine = _cached.get("model"), _cached.get("key"), _cached.get("engine")
+        if ref is not None and ref() is generator and old_key == key and engine.rows >= rows:
+            return engine
+        _cached.clear()                  # free the old engine's caches (and weight copy) first
+    engine = Engine(generator, rows=rows, dtype=dtype)
+    with _cache_lock:
+        _cached.update(model=weakref.ref(generator), key=key, engine=engine)
+    return engine
+
+
+# ------------------------------------------------------------------------------------ decoding
+def layout_of(generator) -> TokenLayout | None:
+    """The token layout a generator's checkpoint records (None for a module built in memory)."""
+    meta = meta_of(generator)
+    return meta.layout if meta else None
+
+
+@torch.no_grad()
+def decode_tokens(tokens: torch.Tensor, tokenizer, layout: TokenLayout | None = None) -> torch.Tensor:
+    """tokens [B, L, n] (or [B, L]) -> images [B, 3, H, W] float32 on the CPU in [-1, 1].
+
+    layout: how the tokens map to the tokenizer's codes (a generator's `meta.layout`); default: the
+    tokenizer's own codes split into n sub-tokens on a square grid of L positions."""
+    if layout is None:
+        n_sub = tokens.shape[-1] if tokens.dim() == 3 else 1
+        layout = TokenLayout.for_tokenizer(tokenizer, n_sub, grid_size=int(round(tokens.shape[1] ** 0.5)))
+    else:
+        check_tokenizer_fits(layout, tokenizer)
+    device = next(tokenizer.parameters()).device
+    return tokenizer.decode(layout.to_codes(tokens.to(device))).float().cpu()
+
+
+def check_tokenizer_fits(layout: TokenLayout, tokenizer) -> None:
+    """A one-line ValueError unless tokens of `layout` are codes of `tokenizer` (the same codebook
+    size, or the same number of bits a position; the grid may differ: the tokenizers are convolutional)."""
+    bits = getattr(tokenizer, "code_bits", None)
+    if layout.bits != bits or (bits is None and layout.vocab_size != tokenizer.vocab_size):
+        def say(b, v):
+            return f"{b}-bit codes" if b is not None else f"indices of a {v}-entry codebook"
+        raise ValueError(f"the generator's tokens ({say(layout.bits, layout.vocab_size)}) do not fit this "
+                         f"tokenizer's codes ({say(bits, tokenizer.vocab_size)})")
+
+
+def generate_images(generator, cond, tokenizer, n: int = 1, sampler: Sampler = Sampler(), seed: int = 0,
+                    progress: bool = False, layout: TokenLayout | None = None) -> Generated:
+    """Sample n images per condition (cond: class ids [B] or a TextCondition) and decode them with
+    `tokenizer` through `layout` (default: the one the generator's checkpoint records)."""
+    tokens = sample_tokens(generator, cond, n, sampler, seed, progress)
+    return Generated(tokens, decode_tokens(tokens, tokenizer, layout or layout_of(generator)))
+
+
+def save_images(images: torch.Tensor, grid, nrow: int, each=None) -> list[Path]:
+    """images [B, 3, H, W] in [-1, 1] -> a PNG grid at `grid` (`nrow` a row) and, when `each` is a
+    folder, one PNG per image (00000.png, ...); returns the paths written (grid first)."""
+    from PIL import Image
+
+    from imagelm.data.transforms import save_grid, to_uint8
+    written = [save_grid(images, grid, nrow=nrow)]
+    if each is not None:
+        folder = Path(each)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(to_uint8(images)):
+            Image.fromarray(img).save(folder / f"{i:05d}.png")
+        written.append(folder)
+    return written
+
+
+def sample_to_files(ckpt, out, classes=None, prompts=None, n: int = 4, sampler: Sampler = Sampler(),
+                    seed: int = 0, tokenizer=None, each=None, tokens_out=None, device=None,
+                    say=print, progress: bool = True) -> Generated:
+    """`imagelm sample`: the generator at `ckpt`, n images per class or prompt -> a PNG grid at `out`
+    (a row per condition), optionally one PNG per image in `each` and the tokens [B, L, n] as .npy at
+    `tokens_out` (then a missing tokenizer only skips the images). `say` gets one line per step."""
+    import numpy as np
+
+    from imagelm.runtime import pick_device
+    from imagelm.tokenizers import load_linked_tokenizer, load_tokenizer
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    device = pick_device(device)
+    gen = _load_generator(ckpt, device)
+    conds = conditions(gen, classes, prompts)
+    # Found (and its hash checked) before sampling, so a missing tokenizer fails fast.
+    tok = (load_tokenizer(tokenizer, device) if tokenizer else
+           load_linked_tokenizer(gen.meta, device, required=not tokens_out))
+    say(describe_sampler(gen, sampler))
+    tokens = sample_tokens(gen, conds.cond, n, sampler, seed, progress)
+    if tokens_out:
+        np.save(tokens_out, tokens.cpu().numpy())
+        say(f"tokens {tuple(tokens.shape)}: {tokens_out}")
+    if tok is None:
+        say("no tokenizer found for this generator: saved tokens only")
+        return Generated(tokens, torch.empty(0))
+    images = decode_tokens(tokens, tok, layout_of(gen))
+    save_images(images, out, nrow=n, each=each)
+    say(f"{len(images)} images ({len(conds)} {conds.what} x {n}, a row each): {out}")
+    if each:
+        say(f"one PNG per image: {each}")
+    return Generated(tokens, images)
+
+
+def _load_generator(ckpt, device):
+    from imagelm.models import load_generator
+    return load_generator(ckpt, device)
