@@ -126,8 +126,8 @@ def map_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], 
             out[key] = fresh.clone()
             rows.append(InitRow(key, NEW, None, _shape(fresh), "a masked model from an autoregressive one"))
         elif old is None:
-            raise InitError(f"--init {src}: no weights for {key} {_shape(fresh)} (the checkpoint has another "
-                            f"architecture or kind)")
+            raise InitError(f"--init {src}: no weights for {key} {_shape(fresh)} there ({_why(key)}); it "
+                            f"cannot be carried over")
         else:
             raise InitError(f"--init {src}: {key} is {_shape(old)} there but {_shape(fresh)} here "
                             f"({_why(key)}); it cannot be carried over")
@@ -137,8 +137,7 @@ def map_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], 
         if generator_rules and key == MASK:
             rows.append(InitRow(key, DROPPED, _shape(old), None, "an autoregressive model needs no mask token"))
         else:
-            raise InitError(f"--init {src}: {key} {_shape(old)} has no place in the new model (another "
-                            f"architecture or kind)")
+            raise InitError(f"--init {src}: {key} {_shape(old)} has no place in the new model ({_why(key)})")
     return out, rows
 
 
@@ -146,8 +145,8 @@ def _why(key: str) -> str:
     if key.startswith(("tok_embeddings.", "output.")):
         return "another vocabulary or sub-token split: the tokenizer's codes differ"
     if key.startswith("cond_embedder."):
-        return "another condition"
-    return "another width or depth"
+        return "another kind of condition: classes or captions"
+    return "another width, depth or kind of model"
 
 
 def rope_row(source_config, target_config) -> InitRow | None:
