@@ -27,7 +27,7 @@ def _train_tokenizer(a) -> None:
                               no_perceptual=a.no_perceptual, disc_start=a.disc_start, precision=a.precision,
                               device=a.device, seed=a.seed, num_workers=a.num_workers,
                               preview_every=a.preview_every, ckpt_every=a.ckpt_every, resume=a.resume,
-                              **_scale_kwargs(a))
+                              init=a.init, **_scale_kwargs(a))
     ckpt = train_tokenizer(args)
     _say(f"tokenizer checkpoint: {ckpt}")
 
@@ -303,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-tokenizer", help="train an image tokenizer (VQ or binary autoencoder)")
     t.add_argument("--data", default="shapes", help="shapes, shapes-simple, digits, a folder, or captions .jsonl")
-    t.add_argument("--preset", default="vq-tiny", help="VQ-16, VQ-8, vq-tiny, BAE-16/20/24/32, bae-tiny")
+    t.add_argument("--preset", default=None, help="VQ-16, VQ-8, vq-tiny (default), BAE-16/20/24/32, bae-tiny")
+    t.add_argument("--init", default=None, metavar="CKPT",
+                   help="adapt this tokenizer (ours, or a converted LlamaGen VQ / ELM BAE) to --data: its "
+                        "architecture and weights, a fresh optimizer")
     t.add_argument("--out", required=True)
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--data-length", type=int, default=None, help="items of a procedural data set")

@@ -157,3 +157,29 @@ def test_cli_refusals_are_one_line(tiny_generator, tiny_tokenizer, tiny_codes, t
     assert line == 2
     msg = capsys.readouterr().err.strip()
     assert "tok_embeddings" in msg and "another vocabulary" in msg and len(msg.splitlines()) == 1
+
+
+@pytest.mark.parametrize("fmt", ["llamagen-vq", "elm-bae"])
+def test_train_tokenizer_init_from_converted_weights(fmt, tmp_path, capsys):
+    """A converted LlamaGen VQ or ELM BAE adapted to other data: every weight carried over, then trained."""
+    from test_compat_elm import IMG, elm_bae_file_state
+    if fmt == "llamagen-vq":
+        torch.save({"model": llamagen_vq_state(codes=64)}, tmp_path / "src.pt")
+        size = 8
+    else:
+        torch.save(elm_bae_file_state()[0], tmp_path / "src.pt")
+        size = IMG
+    ours = convert(fmt, tmp_path / "src.pt", tmp_path / "conv", image_size=size)
+    source = checkpoint.load_weights(ours)
+    argv = ["train-tokenizer", "--init", str(ours), "--data", "shapes", "--data-length", "32", "--image-size",
+            str(size), "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "run"), "--precision", "fp32",
+            "--device", "cpu", "--no-perceptual", "--ckpt-every", "2", "--preview-every", "2", "--num-workers", "0"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"kept     {len(source)} tensors" in printed
+    trained = _weights(tmp_path / "run")
+    assert set(trained) == set(source) and any(not torch.equal(trained[k], source[k]) for k in source)
+    meta = checkpoint.read_meta(tmp_path / "run")
+    assert meta["kind"] == ("vq" if fmt == "llamagen-vq" else "bae-elm") and meta["init"]["path"] == str(ours)
+    assert main(["train-tokenizer", "--preset", "bae-tiny", "--init", str(ours), "--out", str(tmp_path / "r2")]) == 2
+    assert "leave --preset out" in capsys.readouterr().err

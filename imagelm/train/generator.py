@@ -120,7 +120,7 @@ def model_config(args: GeneratorTrainArgs, codes: CodesDataset, source: GPTConfi
             raise ValueError(f"--preset {args.preset} (dim {p.dim}, {p.n_layer} layers, {p.n_head} heads) is not the "
                              f"--init checkpoint's shape (dim {source.dim}, {source.n_layer} layers, {source.n_head} "
                              f"heads); leave --preset out to keep the checkpoint's")
-    return init.init_generator_config(source, **overrides)
+    return init.replace_config(source, **overrides)
 
 
 def token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

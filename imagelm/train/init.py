@@ -199,9 +199,10 @@ def load_tokenizer_source(path):
     return model, model.meta
 
 
-def init_generator_config(source, **fields):
-    """The new run's GPTConfig: the source's architecture (width, depth, heads, RoPE and head modes)
-    with `fields` (what the data and options decide: grid, classes, caption spec, dropouts) replaced."""
+def replace_config(source, **fields):
+    """The new run's config: the source's architecture (a generator's width, depth, heads, RoPE and head
+    modes; a tokenizer's whole shape) with `fields` (what the data and options decide: grid, classes,
+    caption spec, dropouts; a tokenizer's image size) replaced."""
     try:
         return dataclasses.replace(source, **fields)
     except ValueError as e:
