@@ -157,7 +157,10 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
     source_meta = checkpoint.read_meta(args.init) if args.init else None
     if source_meta is not None:
         checkpoint.expect_kind(source_meta, ("ar", "mlm"), "generator for --init")
-    args = dataclasses.replace(args, kind=args.kind or (source_meta or {}).get("kind", "ar"))
+    args = dataclasses.replace(args, kind=args.kind or (source_meta or {}).get("kind", "ar"),
+                               # binary codes split as the source's sub-tokens, so its tables fit
+                               subtokens=args.subtokens or (source_meta["config"].get("num_subtokens")
+                                                            if source_meta else None))
     metrics = MetricsLog(out, rt.is_main, args.log)  # fails early when tensorboard is missing
     codes = CodesDataset(args.codes)
     layout = train_layout(args, codes)
