@@ -6,6 +6,7 @@ from imagelm import checkpoint
 from imagelm.models import build_generator, gpt_config, load_generator
 from imagelm.models.lora import LoRAConfig, LoRALinear, apply_lora, is_lora, merge_lora
 from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.engine import Engine
 
 CONFIG = gpt_config("tiny", n_layer=2, grid_size=4, vocab_size=32, num_classes=5)
 
@@ -74,9 +75,11 @@ def test_unmerged_model_samples_like_the_merged_one():
             if isinstance(m, LoRALinear):
                 m.lora_b.normal_(std=0.05, generator=torch.Generator().manual_seed(4))
     cond = torch.tensor([1, 2])
-    unmerged = generate(model, cond, SamplingOptions(cfg_scale=2.0, top_k=1))
-    merged = generate(merge_lora(model), cond, SamplingOptions(cfg_scale=2.0, top_k=1))
-    assert torch.equal(unmerged, merged)
+    options = SamplingOptions(cfg_scale=2.0, top_k=1)
+    unmerged = generate(model, cond, options)
+    engine = Engine(model, rows=4, dtype="float32", inplace=False).generate(cond, options, seed=0)
+    merged = generate(merge_lora(model), cond, options)
+    assert torch.equal(unmerged, merged) and torch.equal(engine, merged)
 
 
 def test_lora_checkpoint_loads_merged(tmp_path):
