@@ -183,3 +183,16 @@ def test_train_tokenizer_init_from_converted_weights(fmt, tmp_path, capsys):
     assert meta["kind"] == ("vq" if fmt == "llamagen-vq" else "bae-elm") and meta["init"]["path"] == str(ours)
     assert main(["train-tokenizer", "--preset", "bae-tiny", "--init", str(ours), "--out", str(tmp_path / "r2")]) == 2
     assert "leave --preset out" in capsys.readouterr().err
+
+
+def test_lora_init_run_resumes_exactly(tiny_generator, tiny_codes, tmp_path):
+    """A --init --lora-rank run stopped at step 2 and resumed ends with the weights of one run straight to 4."""
+    opts = dict(init=str(tiny_generator), lora_rank=2, freeze="embeddings", lr=1e-2, steps=4, lr_schedule="constant")
+    train_generator(GeneratorTrainArgs(codes=str(tiny_codes), out=str(tmp_path / "straight"), ckpt_every=4,
+                                       **{**RUN, **opts}))
+    half = GeneratorTrainArgs(codes=str(tiny_codes), out=str(tmp_path / "halves"), ckpt_every=2,
+                              **{**RUN, **opts, "steps": 2})
+    train_generator(half)
+    train_generator(GeneratorTrainArgs(**{**half.__dict__, "steps": 4, "resume": True}))
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "halves")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
