@@ -196,3 +196,24 @@ def test_lora_init_run_resumes_exactly(tiny_generator, tiny_codes, tmp_path):
     train_generator(GeneratorTrainArgs(**{**half.__dict__, "steps": 4, "resume": True}))
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "halves")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_imported_elm_keeps_its_subtoken_split(tmp_path):
+    """An ELM 2-4 AR model (8-bit codes as 2 sub-tokens) fine-tuned on its BAE's codes: the split follows
+    the source (our default would be 1-8), and the first loss is the imported model's."""
+    from test_compat_elm import IMG, elm_ar_state, elm_bae_file_state
+    torch.save(elm_bae_file_state()[0], tmp_path / "bae.th")
+    torch.save(elm_ar_state(n=2, m=4), tmp_path / "L-2-4.pth")
+    bae = convert("elm-bae", tmp_path / "bae.th", tmp_path / "bae", image_size=IMG)
+    gpt = convert("elm-gpt", tmp_path / "L-2-4.pth", tmp_path / "gpt", image_size=64, tokenizer=bae)
+    extract_codes(load_tokenizer(bae), "shapes", tmp_path / "codes", image_size=IMG, length=16, batch_size=16,
+                  progress=False)
+    out = tmp_path / "ft"
+    _train(tmp_path / "codes", out, steps=1, init=str(gpt), dropout=0.0, class_dropout=0.0)
+    assert checkpoint.read_meta(out)["layout"]["num_subtokens"] == 2
+    data = CodesDataset(tmp_path / "codes")
+    layout = data.layout.split(2)
+    tokens, labels, _ = next(iter(code_batch_loader(data, layout, 8, 0)))
+    with torch.no_grad():
+        expected = token_loss(load_generator(gpt)(tokens, labels), tokens).item()
+    assert _losses(out)[0] == pytest.approx(expected, abs=1e-5)
