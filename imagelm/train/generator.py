@@ -280,7 +280,7 @@ def _adapt(args: GeneratorTrainArgs, out: Path, model, codes: CodesDataset, rt: 
         rope = init.rope_row(source.config, model.config)
         model.load_state_dict(state, strict=True)
         rt.print(init.format_table(rows + ([rope] if rope else []), init.describe_source(source_meta)))
-    elif args.class_map:
+    elif args.class_map and not args.init:
         raise ValueError("--class-map says how to carry class rows over from --init; give --init CKPT")
     lora = None
     if args.lora_rank:
