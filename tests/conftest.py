@@ -1,5 +1,12 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# The writers of foreign (LlamaGen / ELM) checkpoint files live in tests/compat; the fine-tuning tests
+# (tests/train) import them too.
+sys.path.insert(0, str(Path(__file__).parent / "compat"))
 
 torch.set_num_threads(2)
 

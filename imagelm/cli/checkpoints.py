@@ -9,7 +9,7 @@ from __future__ import annotations
 def convert(a) -> None:
     from imagelm.compat import convert
     out = convert(a.format, a.src, a.out_dir, preset=a.preset, image_size=a.image_size, tokenizer=a.tokenizer,
-                  text_encoder_path=a.text_encoder_path)
+                  text_encoder_path=a.text_encoder_path, n_head=a.n_head)
     print(f"{a.format} {a.src} -> imagelm checkpoint {out}")
 
 
@@ -23,6 +23,12 @@ def export_bundle(a) -> None:
     from imagelm.bundle import export_bundle
     out = export_bundle(a.ckpt, a.out, tokenizer=a.tokenizer)
     print(f"bundle (generator + tokenizer, loads anywhere: imagelm sample --ckpt {out}): {out}")
+
+
+def export_merge_lora(a) -> None:
+    from imagelm.train.merge_lora import merge_lora_checkpoint
+    out = merge_lora_checkpoint(a.ckpt, a.out)
+    print(f"merged LoRA checkpoint (plain generator, config.json + model.safetensors): {out}")
 
 
 def export_foreign(a) -> None:
@@ -47,6 +53,13 @@ def _bundle(targets) -> None:
     b.set_defaults(func=export_bundle)
 
 
+def _merge_lora(targets) -> None:
+    c = targets.add_parser("merge-lora", help="fold a LoRA run's adapters into its weights: a plain checkpoint")
+    c.add_argument("ckpt", help="a LoRA run directory (its newest checkpoint) or a checkpoint directory")
+    c.add_argument("out", help="the new checkpoint directory")
+    c.set_defaults(func=export_merge_lora)
+
+
 def _foreign(targets) -> None:
     from imagelm.compat import EXPORT_FORMATS
     for fmt in EXPORT_FORMATS:
@@ -57,7 +70,7 @@ def _foreign(targets) -> None:
         ef.set_defaults(func=export_foreign, format=fmt)
 
 
-EXPORT_TARGETS = (_consolidate, _bundle, _foreign)
+EXPORT_TARGETS = (_consolidate, _bundle, _merge_lora, _foreign)
 
 
 def register(sub) -> None:
@@ -67,7 +80,11 @@ def register(sub) -> None:
     cv.add_argument("src", help="the released file (.pt / .pth / .th)")
     cv.add_argument("out_dir", help="where to write the imagelm checkpoint")
     cv.add_argument("--preset", default=None,
-                    help="generator preset (GPT-B, GPT-L, ...) or BAE-16/20/24/32; default: inferred from shapes")
+                    help="generator preset (GPT-B, GPT-L, ...) or BAE-16/20/24/32, checked against the file; "
+                         "default: every shape read from the file (any size)")
+    cv.add_argument("--n-head", type=int, default=None,
+                    help="generators: attention heads, where no preset of the file's width and depth says (default: "
+                         "width / 64, the head size of the releases)")
     cv.add_argument("--image-size", type=int, default=None,
                     help="256, 384, ... (LlamaGen GPT: default from the file name; ELM: 256)")
     cv.add_argument("--tokenizer", default=None, help="link a generator to this (converted) tokenizer checkpoint")
@@ -75,7 +92,7 @@ def register(sub) -> None:
                     help="LlamaGen t2i: the local FLAN-T5 directory that `sample --prompt` will encode with")
     cv.set_defaults(func=convert)
 
-    ex = sub.add_parser("export", help="export a checkpoint: consolidate, bundle, or a LlamaGen file")
+    ex = sub.add_parser("export", help="export a checkpoint: consolidate, bundle, merge-lora, or a LlamaGen file")
     targets = ex.add_subparsers(dest="target", required=True, metavar="TARGET")
     for add in EXPORT_TARGETS:
         add(targets)

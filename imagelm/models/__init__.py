@@ -5,6 +5,7 @@ import torch
 
 from imagelm import checkpoint
 from imagelm.models.ar import ARGenerator
+from imagelm.models.lora import LoRAConfig, apply_lora, merge_lora
 from imagelm.models.mlm import MaskedGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig, gpt_config
 
@@ -30,8 +31,11 @@ def load_generator(path, device: str | torch.device = "cpu", prefer_ema: bool = 
     """The generator saved at `path` (checkpoint or run directory), in eval mode on `device`.
 
     The returned module carries `.meta`, its CheckpointMeta (layout, tokenizer link, class names, ...).
+    A LoRA run's checkpoint (adapters saved beside the base weights; `meta.extra["lora"]`) is loaded
+    with its adapters and merged, so the returned model is a plain generator.
     """
-    return checkpoint.load_module(path, GENERATOR_KINDS, "generator", _build_from_meta, device, prefer_ema)
+    model = checkpoint.load_module(path, GENERATOR_KINDS, "generator", _build_from_meta, device, prefer_ema)
+    return merge_lora(model) if model.meta.extra.get("lora") else model
 
 
 def _build_from_meta(meta: checkpoint.CheckpointMeta) -> torch.nn.Module:
@@ -41,4 +45,7 @@ def _build_from_meta(meta: checkpoint.CheckpointMeta) -> torch.nn.Module:
             if getattr(meta.layout, name) != getattr(config, name):
                 raise checkpoint.MetaError(f"field 'layout.{name}' is {getattr(meta.layout, name)} but "
                                            f"'config.{name}' is {getattr(config, name)}")
-    return build_generator(config, meta.kind)
+    model = build_generator(config, meta.kind)
+    if meta.extra.get("lora"):
+        apply_lora(model, LoRAConfig(**meta.extra["lora"]))
+    return model

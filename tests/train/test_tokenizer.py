@@ -39,8 +39,8 @@ def test_resume_is_exact(tiny_tokenizer, tmp_path):
 
 def test_checkpoint_describes_itself(tiny_tokenizer):
     meta = checkpoint.read_meta(tiny_tokenizer)
-    assert meta["kind"] == "vq" and meta["step"] == 6 and meta["preset"] == "vq-tiny"
-    assert meta["config"]["image_size"] == 16
+    assert meta.kind == "vq" and meta.step == 6 and meta.preset == "vq-tiny"
+    assert meta.config["image_size"] == 16
     assert (tiny_tokenizer / "previews" / "step-0000006.png").is_file()
     assert (checkpoint.resolve(tiny_tokenizer) / "train_state.pt").is_file()
 
@@ -62,4 +62,4 @@ def test_ddp_with_grad_accumulation_on_two_gloo_ranks(tmp_path):
     assert "img/s" in results[0].stdout and "max of 2" in results[0].stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(r["loss"] > 0 for r in records)
-    assert checkpoint.read_meta(out)["train_args"]["grad_accum"] == 2
+    assert checkpoint.read_meta(out).extra["train_args"]["grad_accum"] == 2
