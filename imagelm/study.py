@@ -142,7 +142,7 @@ def run_study(out: str | Path, data: str = "shapes-simple", budget: str = "defau
         train_generator(GeneratorTrainArgs(codes=str(runs / f"codes-{tok_name}"), out=str(gen_dir), preset=preset,
                                            kind=kind, subtokens=n, steps=b["gen_steps"], seed=seed,
                                            precision=precision, resume=True, ckpt_every=b["gen_steps"],
-                                           preview_every=b["gen_steps"]))
+                                           preview_every=0))   # the study draws its own sample grids
         gen = imagelm.load(gen_dir)
         codes = CodesDataset(runs / f"codes-{tok_name}")
         layout = gen.meta.layout
