@@ -242,7 +242,8 @@ def _study(a) -> None:
 def _serve(a) -> None:
     from imagelm.serve import serve
     serve(a.ckpt, host=a.host, port=a.port, device=a.device, dtype=a.dtype, rows=a.rows, max_n=a.max_n,
-          max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer)
+          max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer, api_keys=a.api_key,
+          cors_origins=a.cors_origin, timeout_s=a.timeout)
 
 
 def _convert(a) -> None:
@@ -461,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work gets to finish on SIGTERM")
     sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
                     help="the engine's dtype (auto: the fastest this device runs natively)")
+    sv.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on the API (repeatable; default: $IMAGELM_API_KEY)")
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="let browser pages from ORIGIN call the API (repeatable; none by default)")
+    sv.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="a request's deadline: then it is cancelled, its rows freed, and the client gets 504")
     common(sv, seed=False)
     sv.set_defaults(func=_serve)
 
