@@ -209,7 +209,7 @@ def test_the_deadline_on_the_openai_route_and_the_progress_stream(tiny_generator
         async with asgi_client(app) as c:
             r = await c.post("/v1/images/generations", json={"prompt": "circle"})
             assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
-            assert r.json()["error"]["type"] == "server_error"
+            assert r.json()["error"]["type"] == "server_error" and r.headers["x-should-retry"] == "false"
             async with c.stream("POST", "/v1/images", json={"class": 0},
                                 headers={"accept": "application/x-ndjson"}) as s:
                 events = [json.loads(line) async for line in s.aiter_lines() if line]

@@ -24,6 +24,7 @@ from imagelm.serve.errors import ApiError
 from imagelm.serve.worker import QueueFull, RequestCancelled, ServerClosing
 
 LOG = logging.getLogger("imagelm.serve")
+NO_RETRY = {"X-Should-Retry": "false"}      # read by the official openai client
 
 
 def png_bytes(image) -> bytes:
@@ -94,8 +95,9 @@ class Service:
         """Cancel `job` (its rows free at the next step) -> the 504 to answer with."""
         job.cancel()
         LOG.warning("timed out after %g s: cancelled, its rows freed", self.timeout_s)
+        # The openai client retries 5xx unless told not to: the same request would only run out of time again.
         return ApiError(504, "timeout", f"not finished within the server's --timeout of {self.timeout_s:g} s; "
-                        "the request was cancelled")
+                        "the request was cancelled", NO_RETRY)
 
     async def wait(self, request, job):
         """The images uint8 [n, H, W, 3], or None if the client disconnected first (its engine
@@ -123,7 +125,7 @@ class Service:
             raise ApiError(503, "server", str(e)) from None
         except RuntimeError as e:
             LOG.error("failed: %s", e)
-            raise ApiError(500, "server", str(e)) from None
+            raise ApiError(500, "server", str(e), NO_RETRY) from None
 
     async def pngs(self, images) -> list[bytes]:
         return await asyncio.to_thread(lambda: [png_bytes(img) for img in images])
