@@ -39,10 +39,10 @@ def feature_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma / (n - 1)
 
 
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     """Square root of a symmetric positive semi-definite matrix [D, D] via its eigendecomposition."""
-    vals, vecs = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    vals, vecs = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -51,6 +51,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     |mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^1/2). The trace term is computed as the sum of
     square roots of the eigenvalues of s1^1/2 s2 s1^1/2, a symmetric PSD matrix with the same
     spectrum as s1 s2: no complex parts to discard and no iteration to converge, unlike `sqrtm`.
+    In float64 with torch.linalg, which decomposed 2048-d matrices about twice as fast as numpy on
+    our 2-core CPU; these two decompositions dominate an evaluation once the features exist.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -59,10 +61,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     d = mu1.shape[0]
     if sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"covariances must be [{d}, {d}], got {sigma1.shape} and {sigma2.shape}")
-    root1 = _sqrt_psd(sigma1)
-    inner = root1 @ sigma2 @ root1
-    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
-    trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    s1, s2 = torch.from_numpy(sigma1), torch.from_numpy(sigma2)
+    root1 = _sqrt_psd(s1)
+    inner = root1 @ s2 @ root1
+    eig = torch.linalg.eigvalsh((inner + inner.T) / 2)
+    trace_sqrt = float(eig.clamp(min=0).sqrt().sum())
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
     return float(max(value, 0.0))
