@@ -217,7 +217,7 @@ def reference_warnings(ref, split: str) -> list[str]:
         return []
     return [f"{ref}: a validation/test-set reference ({'split ' + repr(split) if split else 'by its name'}): "
             "a generator trained on the training set is scored against training-set statistics (ADM's "
-            "ImageNet reference batches, which LlamaGen, ELM and VAR use, come from the training set); "
+            "ImageNet reference batch, which LlamaGen, ELM and VAR use, holds statistics of the whole training set); "
             "against held-out images its FID comes out different and does not compare with published ones"]
 
 
