@@ -28,6 +28,8 @@ import numpy as np
 from imagelm.sampling.autoregressive import SamplingOptions
 from imagelm.sampling.engine import Engine, Request
 
+HISTORY_S = 60.0     # how far back throughput() can look
+
 
 class QueueFull(Exception):
     """More requests are pending than the server accepts; `retry_after_s` is a hint for the client."""
@@ -106,7 +108,8 @@ class EngineWorker:
         self.completed = 0
         self.tokens_total = 0                    # tokens sampled, summed over images
         self.images_total = 0                    # images decoded and handed back
-        self._history: deque[tuple[float, int, int]] = deque(maxlen=4096)   # (time, tokens_total, images_total)
+        self._history: deque[tuple[float, int, int]] = deque()   # (time, tokens_total, images_total), last minute
+        self._history_lock = threading.Lock()
 
     # ------------------------------------------------------------ event-loop side
     def start(self) -> None:
@@ -132,9 +135,10 @@ class EngineWorker:
         return self._closing
 
     def throughput(self, window_s: float = 10.0) -> tuple[float, float]:
-        """(tokens/s, images/s) over the last `window_s` seconds (0 when nothing was made in it)."""
+        """(tokens/s, images/s) over the last `window_s` (<= HISTORY_S) seconds; 0 when idle in it."""
         now = time.monotonic()
-        history = list(self._history)
+        with self._history_lock:
+            history = list(self._history)
         recent = [h for h in history if now - h[0] <= window_s]
         if not recent:
             return 0.0, 0.0
@@ -217,7 +221,15 @@ class EngineWorker:
                 job.counted = generated
                 if job.admitted is None:
                     job.admitted = step_started
-        self._history.append((time.monotonic(), self.tokens_total, self.images_total))
+        self._record()
+
+    def _record(self) -> None:
+        """Note the totals now (for throughput), keeping the last HISTORY_S seconds."""
+        with self._history_lock:           # both threads record
+            now = time.monotonic()
+            self._history.append((now, self.tokens_total, self.images_total))
+            while now - self._history[0][0] > HISTORY_S:
+                self._history.popleft()
 
     def _finish(self, request: Request) -> None:
         with self._cv:
@@ -238,7 +250,7 @@ class EngineWorker:
                 self.completed += 1
                 self.images_total += len(outcome)
                 job.finished = time.monotonic()
-                self._history.append((job.finished, self.tokens_total, self.images_total))
+                self._record()
             except Exception as e:  # noqa: BLE001 - reported to this request's client as a 500
                 outcome = RuntimeError(f"decoding the tokens failed: {type(e).__name__}: {e}")
             _post(job.future, outcome)
