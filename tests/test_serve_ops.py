@@ -159,7 +159,8 @@ def test_queue_depth_and_busy_rows_while_requests_wait(tiny_generator):
             calls = [asyncio.ensure_future(c.post("/v1/images", json={"class": i, "n": 2, "cfg": 2})) for i in range(2)]
             await wait_until(lambda: app.state.worker.pending == 2)
             permits.release(1)                              # the first is admitted (4 rows), the second waits
-            await wait_until(lambda: app.state.engine.rows_in_use == 4)
+            # after that step: its first token sampled (rows are taken inside the step, before it)
+            await wait_until(lambda: app.state.engine.rows_in_use == 4 and app.state.worker.queued == 1)
             text = (await c.get("/metrics")).text
             values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
             assert values["imagelm_engine_rows_busy"] == 4 and values["imagelm_queue_depth"] == 1
