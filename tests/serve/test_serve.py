@@ -4,7 +4,6 @@ Every invalid field gets a 4xx naming it; a full queue answers 429 with Retry-Af
 goes away frees its engine rows for the next request; shutdown finishes or cancels in-flight work;
 and a seed gives through the API the images `imagelm sample` gives (both float32)."""
 import asyncio
-import base64
 import importlib.util
 import io
 import json
@@ -28,45 +27,15 @@ from PIL import Image  # noqa: E402
 
 import imagelm  # noqa: E402
 from imagelm.serve import create_app  # noqa: E402
+from serve_helpers import asgi_client, decode_png, gate_steps, make_app, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_app(ckpt, **kwargs):
-    gen = imagelm.load(ckpt)
-    return create_app(gen, imagelm.linked_tokenizer(gen.meta), dtype="float32", **kwargs)
 
 
 @pytest.fixture(scope="module")
 def client(tiny_generator):
     with TestClient(make_app(tiny_generator, rows=8, max_n=4, max_pending=8)) as c:   # runs the lifespan
         yield c
-
-
-def decode_png(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
-
-
-def gate_steps(engine):
-    """Make engine.step wait for permits (a semaphore the test releases) -> the semaphore."""
-    permits, step = threading.Semaphore(0), engine.step
-
-    def gated():
-        permits.acquire(timeout=10)
-        return step()
-    engine.step = gated
-    return permits
-
-
-async def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.005)
-
-
-def asgi_client(app):
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
 
 
 # ------------------------------------------------------------------ validation
@@ -132,7 +101,13 @@ def test_png_needs_n_one_and_unknown_routes_answer_json(client):
 
 # ------------------------------------------------------------------ what it serves
 def test_models_health_page_and_schema_agree_with_limits(client):
-    info = client.get("/v1/models").json()
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and len(models["data"]) == 1         # OpenAI's list shape
+    info = models["data"][0]
+    assert info["object"] == "model" and info["id"].endswith("/step-0000004") and info["owned_by"] == "imagelm"
+    assert client.get(f"/v1/models/{info['id']}").json() == info
+    missing = client.get("/v1/models/dall-e-3")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert info["conditioning"] == "class" and info["classes"][0] == {"id": 0, "name": "circle"}
     assert info["limits"]["max_n"] == 4 and info["engine"]["dtype"] == "float32" and info["tokens"] == 16
     health = client.get("/healthz").json()
@@ -391,20 +366,25 @@ def test_cli_serve_bad_input_is_one_line(tmp_path, capsys):
     assert len(err) == 2 and err[1] == "imagelm serve: error: --port must be in 1..65535, got 70000"
 
 
-def test_malformed_requests_leave_the_server_answering(client):
-    """A few hundred random bodies (the load script's generator; 2,000 in its --malformed mode)."""
+def test_malformed_requests_leave_the_server_answering(tiny_generator):
+    """Random requests to both APIs, a fifth of them with a missing, wrong or malformed key (the load
+    script's generator; 10,000 in its --malformed mode): no 5xx, every refusal says why, and the same
+    seed gives byte-identical PNGs afterwards."""
     spec = importlib.util.spec_from_file_location("load_server", ROOT / "benchmarks" / "load_server.py")
     load_server = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(load_server)
-    statuses = {}
-    for raw, content_type in load_server.malformed_bodies(np.random.default_rng(0), 300):
-        r = client.post("/v1/images", content=raw, headers={"content-type": content_type})
-        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-        assert r.status_code in (200, 400, 413, 415, 422), (r.status_code, raw[:200], r.text)
-        assert r.status_code == 200 or r.json()["error"]
-    assert statuses.get(422, 0) > 150
-    assert client.post("/v1/images", json={"class": 0}).status_code == 200
-    assert client.get("/healthz").json()["status"] == "ok"
+    auth = {"authorization": f"Bearer {load_server.KEY}"}
+    probe = {"class": 0, "cfg": 2, "seed": 1234}
+    with TestClient(make_app(tiny_generator, rows=8, max_n=4, api_keys=[load_server.KEY])) as c:
+        before = c.post("/v1/images", json=probe, headers=auth).json()["images"][0]["png_base64"]
+        statuses = {}
+        for path, raw, headers in load_server.malformed_requests(np.random.default_rng(0), 400):
+            r = c.post(path, content=raw, headers=headers)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            assert load_server.acceptable(r.status_code, r.content), (r.status_code, path, raw[:200], r.text)
+        assert min(statuses.get(code, 0) for code in (400, 401, 422)) > 30, statuses
+        assert c.post("/v1/images", json=probe, headers=auth).json()["images"][0]["png_base64"] == before
+        assert c.get("/healthz").json()["status"] == "ok"
 
 
 def test_text_model_takes_prompts_and_matches_imagelm_sample(tiny_tokenizer):
@@ -423,7 +403,7 @@ def test_text_model_takes_prompts_and_matches_imagelm_sample(tiny_tokenizer):
     tok, encoder = load_tokenizer(tiny_tokenizer), load_text_encoder("minilm", max_len=12)
     prompt = "a large red circle at the center on a blue background"
     with TestClient(create_app(gen, tok, dtype="float32", rows=8, max_n=4, text_encoder=encoder)) as c:
-        info = c.get("/v1/models").json()
+        info = c.get("/v1/models").json()["data"][0]
         assert info["conditioning"] == "text" and info["classes"] is None and info["limits"]["max_prompt_chars"] == 1000
         r = c.post("/v1/images", json={"class": 0})
         assert r.status_code == 422 and r.json()["error"] == "class: this model is text-conditional: give prompt, not class"

@@ -30,12 +30,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tiny_generator):
-    import imagelm
-    from imagelm.serve import create_app
-    gen = imagelm.load(tiny_generator)
-    app = create_app(gen, imagelm.linked_tokenizer(gen.meta), dtype="float32", rows=16, max_n=8)
+def _run(app):
+    """uvicorn on 127.0.0.1 (a free port) in a thread -> (base URL, stop function)."""
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)   # not the main thread: no signal handlers
@@ -44,9 +40,60 @@ def server(tiny_generator):
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(30)
+
+    def stop():
+        srv.should_exit = True
+        thread.join(30)
+    return f"http://127.0.0.1:{port}", stop
+
+
+def _app(tiny_generator, **kwargs):
+    import imagelm
+    from imagelm.serve import create_app
+    gen = imagelm.load(tiny_generator)
+    return create_app(gen, imagelm.linked_tokenizer(gen.meta), dtype="float32", rows=16, max_n=8, **kwargs)
+
+
+@pytest.fixture
+def server(tiny_generator):
+    base, stop = _run(_app(tiny_generator))
+    yield base
+    stop()
+
+
+@pytest.fixture
+def keyed_server(tiny_generator):
+    base, stop = _run(_app(tiny_generator, api_keys=["page-key"]))
+    yield base
+    stop()
+
+
+def test_playground_asks_for_the_key_once_and_keeps_it_for_the_tab(keyed_server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(keyed_server + "/")
+            page.wait_for_selector("#auth:not([hidden])")            # /v1/models answered 401
+            assert "missing API key" in page.text_content("#auth-why")
+            page.fill("#api-key", "wrong")
+            page.click("#use-key")
+            page.wait_for_function("() => document.querySelector('#auth-why').textContent.includes('invalid API key')")
+            page.fill("#api-key", "page-key")
+            page.click("#use-key")
+            page.wait_for_selector("#class option[value='3']", state="attached")
+            assert page.is_hidden("#auth")
+            page.fill("#n", "2")
+            page.click("#generate")
+            page.wait_for_function("() => document.querySelectorAll('.card.done img.result-image').length === 2")
+            assert 'Authorization: Bearer $IMAGELM_API_KEY' in page.text_content(".card.done .settings")
+            page.reload()                                              # the same tab: no second question
+            page.wait_for_selector("#class option[value='3']", state="attached")
+            assert page.is_hidden("#auth")
+            assert page.evaluate("() => sessionStorage.getItem('imagelm-api-key')") == "page-key"
+        finally:
+            browser.close()
 
 
 def test_playground_renders_images_in_chromium(server, tmp_path):
