@@ -100,19 +100,10 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
         return generate(generator, cond, options, rng, progress=progress)
     if engine != "engine":
         raise ValueError(f"unknown sampler {engine!r}; choose engine or plain")
-    return engine_for(generator, len(cond) * (2 if options.guided else 1), dtype).generate(
-        cond, options, seed, progress=progress)
-
-
-def engine_for(generator, rows: int, dtype: str = "auto") -> Engine:
-    """An Engine over `generator` with at least `rows` cache rows in `dtype`, kept and reused across
-    calls (so a bf16 / int8 copy of the weights is made once per generator and dtype)."""
-    engines = generator.__dict__.setdefault("_engines", {})   # lives and dies with the generator
-    current = engines.get(dtype)
-    if current is None or current.rows < rows:
-        engines.pop(dtype, None)     # free the old caches before allocating bigger ones
-        current = engines[dtype] = Engine(generator, rows=rows, dtype=dtype)
-    return current
+    # A fresh engine per call: nothing is kept on (or for) the generator, so a call always samples
+    # its current weights. Reuse an Engine of your own to amortise a dtype conversion over calls.
+    rows = len(cond) * (2 if options.guided else 1)
+    return Engine(generator, rows=rows, dtype=dtype).generate(cond, options, seed, progress=progress)
 
 
 def linked_tokenizer(meta: dict, path=None, device: str | torch.device = "cpu", required: bool = True):

@@ -112,22 +112,17 @@ def test_auto_never_picks_bf16_without_native_bf16():
 
 
 def _first_logits(model, dtype, cond, tokens):
-    """Logits of every position of `tokens` decoded through the engine's caches, [B, L, n, V]."""
+    """Logits of every position of `tokens` decoded one token a step through the engine's model and
+    KV cache (its dtype's weights and cache), [B, L, n, V]."""
     engine = Engine(model, rows=len(cond), dtype=dtype)
-    request = engine.submit(cond, SamplingOptions(temperature=0.0), seed=0)
-    seen = []
-    real = engine._sample_and_advance
-
-    def teacher_forced(logits):          # record the step's logits, then feed the given tokens
-        seen.append(logits[: len(cond)].clone())
-        real(logits)
-        i = request.generated - 1
-        request.tokens[:, i] = tokens[:, i]
-        engine._row_input[: len(cond)] = tokens[:, i]
-
-    engine._sample_and_advance = teacher_forced
-    engine.run()
-    return torch.stack(seen, dim=1)
+    m, cache, P = engine.model, engine.cache, model.config.cls_token_num
+    with torch.no_grad():
+        prefix, mask = m.embed_condition(cond)
+        seen = [m.logits(prefix, torch.arange(P), cache, mask, key_length=P, last=1)]
+        for i in range(tokens.shape[1] - 1):
+            h = m.embed_tokens(tokens[:, i:i + 1])
+            seen.append(m.logits(h, torch.tensor([P + i]), cache, key_length=P + i + 1))
+    return torch.cat(seen, dim=1)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [("bfloat16", 0.05), ("int8", 0.05)])
