@@ -167,3 +167,27 @@ def test_api_sample_switches_dtypes_on_one_generator():
     assert next(model.parameters()).dtype == torch.float32         # the caller's model is untouched
     plain = imagelm.sample(model, [1, 2], n=2, cfg_scale=2.0, seed=3, engine="plain")
     assert torch.equal(fp32, plain)
+
+
+def test_given_tokens_are_kept_and_the_rest_matches_the_plain_sampler():
+    model = random_model()
+    L = model.config.seq_len
+    g = torch.Generator().manual_seed(5)
+    given = torch.randint(0, model.config.vocab_size, (2, L, 1), generator=g)
+    known = torch.rand(2, L, generator=g) < 0.5
+    options = OPTIONS[3]
+    cond = torch.tensor([1, 2])
+    reference = generate(model, cond, options, torch.Generator().manual_seed(9), given=given, known=known)
+    assert torch.equal(reference[known], given[known])
+    engine = Engine(model, rows=8, dtype="float32")
+    other = engine.submit(torch.tensor([3]), options, seed=1)          # shares the batch, knows nothing
+    engine.step()
+    edited = engine.submit(cond, options, seed=9, given=given, known=known)
+    engine.run()
+    assert torch.equal(edited.tokens, reference)
+    assert torch.equal(other.tokens, plain(model, torch.tensor([3]), options, 1))
+    nothing = generate(model, cond, options, torch.Generator().manual_seed(9), given=given,
+                       known=torch.zeros_like(known))
+    assert torch.equal(nothing, plain(model, cond, options, 9))        # nothing known: plain sampling
+    with pytest.raises(EngineError, match="pass both or neither"):
+        engine.submit(cond, options, given=given)

@@ -16,7 +16,7 @@ from imagelm.models.transformer import KVCache
 from imagelm.sampling.logits import SamplingOptions, RowSampling, guide, sample_rows, uniforms
 from imagelm.sampling.precision import dtype_name, prepare_model
 
-__all__ = ["SamplingOptions", "generate", "evaluating", "cache_dtype"]
+__all__ = ["SamplingOptions", "generate", "evaluating", "cache_dtype", "check_given"]
 
 
 @contextlib.contextmanager
@@ -37,10 +37,25 @@ def cache_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def check_given(given: torch.Tensor | None, known: torch.Tensor | None, B: int, L: int, n: int) -> None:
+    """A one-line ValueError unless given [B, L, n] int64 and known [B, L] bool come together (or neither)."""
+    if (given is None) != (known is None):
+        raise ValueError("given tokens and the known mask go together: pass both or neither")
+    if given is not None and (tuple(given.shape) != (B, L, n) or tuple(known.shape) != (B, L)
+                              or known.dtype != torch.bool):
+        raise ValueError(f"given tokens must be [{B}, {L}, {n}] and known [{B}, {L}] bool, got "
+                         f"{list(given.shape)} and {list(known.shape)} {known.dtype}")
+
+
 @torch.no_grad()
 def generate(model, cond, options: SamplingOptions = SamplingOptions(),
-             generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+             generator: torch.Generator | None = None, progress: bool = False,
+             given: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
     """Sample images' tokens: cond [B] (class ids) or a TextCondition (batch B) -> tokens [B, L, n] int64.
+
+    given [B, L, n] / known [B, L] bool: tokens fixed in advance (editing): at a known position the
+    given token is taken instead of the draw (the draw still runs, so the random stream is the same
+    whatever is known) and fed to the next step like any other.
 
     The same model, cond, options and generator seed give the same tokens on the same device. It
     samples the model as `precision.prepare_model` prepares it for its own dtype (on CPU: packed
@@ -49,6 +64,7 @@ def generate(model, cond, options: SamplingOptions = SamplingOptions(),
     config = model.config
     B, L, n, P = len(cond), config.seq_len, config.num_subtokens, config.cls_token_num
     device = cond.device
+    check_given(given, known, B, L, n)
     inputs = cat_conditions([cond, model.null_cond(cond)]) if options.guided else cond
     rows = RowSampling.of([options] * B, config.vocab_size, device)
     scales = torch.tensor(options.cfg_scales(L), device=device)                        # [L]
@@ -68,4 +84,6 @@ def generate(model, cond, options: SamplingOptions = SamplingOptions(),
                 logits = guide(logits[:B], logits[B:], scales[i])
             u = None if rows.all_greedy else uniforms((B, n), generator, device)
             tokens[:, i] = sample_rows(logits, rows, u)
+            if known is not None:
+                tokens[:, i] = torch.where(known[:, i, None], given[:, i], tokens[:, i])
     return tokens

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from imagelm.models.conditioning import cat_conditions
 from imagelm.models.transformer import KVCache
 from imagelm.runtime import SAMPLING_DTYPES, choose_sampling_dtype, int8_available  # noqa: F401
-from imagelm.sampling.autoregressive import cache_dtype, evaluating
+from imagelm.sampling.autoregressive import cache_dtype, check_given, evaluating
 from imagelm.sampling.logits import RowSampling, SamplingOptions, uniforms
 from imagelm.sampling.precision import prepare_model
 from imagelm.sampling.step import DecodeBatch, compile_step, decode_step, row_bucket, sample_images
@@ -91,6 +91,8 @@ class Request:
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
+    given: torch.Tensor | None = None       # [n, L, n_sub] tokens fixed in advance (editing), with
+    known: torch.Tensor | None = None       # [n, L] bool: where they are
 
     @property
     def finished(self) -> bool:
@@ -158,9 +160,11 @@ class Engine:
         """Cache rows that n images with these options occupy while decoding."""
         return n * (2 if options.guided else 1)
 
-    def submit(self, cond, options: SamplingOptions = SamplingOptions(), seed: int = 0) -> Request:
+    def submit(self, cond, options: SamplingOptions = SamplingOptions(), seed: int = 0,
+               given: torch.Tensor | None = None, known: torch.Tensor | None = None) -> Request:
         """Queue n images: cond [n] class ids (a tensor or list) or a TextCondition of batch n -> the
-        Request, filled in by later `step` calls. Same seed and options, same tokens as the plain
+        Request, filled in by later `step` calls. given [n, L, n_sub] / known [n, L] bool: tokens fixed
+        in advance (see autoregressive.generate). Same seed and options, same tokens as the plain
         sampler given cond and torch.Generator(device).manual_seed(seed)."""
         if not hasattr(cond, "features"):
             cond = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
@@ -180,7 +184,13 @@ class Engine:
             if len(bad):
                 raise EngineError(f"class id {int(bad[0])} outside 0..{self.config.num_classes} "
                                   f"({self.config.num_classes} is the null class)")
-        request = Request(cond=cond.to(self.device), options=options, seed=int(seed), n=n)
+        try:
+            check_given(given, known, n, self.length, self.n_sub)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        request = Request(cond=cond.to(self.device), options=options, seed=int(seed), n=n,
+                          given=None if given is None else given.to(self.device),
+                          known=None if known is None else known.to(self.device))
         with self._lock:
             self._waiting.append(request)
         return request
@@ -286,12 +296,21 @@ class Engine:
         write, write_null = write + [trash] * pad, write_null + [trash] * pad
         scales += [[1.0] * self.length] * pad
         options += [SamplingOptions(temperature=0.0)] * pad
+        given = known = None
+        if any(r.known is not None for r in requests):
+            L, n = self.length, self.n_sub
+            given = torch.cat([r.given if r.known is not None else torch.zeros(r.n, L, n, dtype=torch.long,
+                               device=self.device) for r in requests] + [torch.zeros(pad, L, n, dtype=torch.long,
+                                                                                    device=self.device)])
+            known = torch.cat([r.known if r.known is not None else torch.zeros(r.n, L, dtype=torch.bool,
+                               device=self.device) for r in requests] + [torch.zeros(pad, L, dtype=torch.bool,
+                                                                                    device=self.device)])
         as_long = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)   # noqa: E731
         return DecodeBatch(rows=rows, active=as_long(active), read=as_long(read), read_null=as_long(read_null),
                            write=as_long(write), write_null=as_long(write_null),
                            scales=torch.tensor(scales, dtype=torch.float32, device=self.device),
                            sampling=RowSampling.of(options, self.config.vocab_size, self.device),
-                           key_length=key_length)
+                           given=given, known=known, key_length=key_length)
 
     def _uniforms(self, requests: list[Request], slots: int) -> torch.Tensor | None:
         """Each request's uniforms for this step, in image order, padded to `slots` rows (None when

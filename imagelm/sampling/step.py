@@ -34,8 +34,9 @@ class DecodeBatch:
     position advances), 0 for a free row. Per image slot (I of them): read / read_null [I] the rows
     its conditional / null logits come from, write / write_null [I] the rows its token is fed to
     next (the trash row for nothing), scales [I, L] its guidance scale at each token index,
-    sampling its temperature / top-k / top-p. key_length: keys the step attends ([0, key_length);
-    None = all of them, the static shape).
+    sampling its temperature / top-k / top-p, given [I, L, n] / known [I, L] the tokens fixed in
+    advance (editing; None when no image has any). key_length: keys the step attends ([0,
+    key_length); None = all of them, the static shape).
     """
     rows: int
     active: torch.Tensor
@@ -45,6 +46,8 @@ class DecodeBatch:
     write_null: torch.Tensor
     scales: torch.Tensor
     sampling: RowSampling
+    given: torch.Tensor | None = None
+    known: torch.Tensor | None = None
     key_length: int | None = None
 
     @property
@@ -58,9 +61,15 @@ def sample_images(logits: torch.Tensor, batch: DecodeBatch, token_index: torch.T
     uniforms (None when every image is greedy) -> tokens [I, n]: guidance at each image's scale for
     that token, then the plain sampler's filtering and draw."""
     L = batch.scales.shape[1]
-    scale = batch.scales.gather(1, token_index.clamp(max=L - 1)[:, None])[:, :, None]    # [I, 1, 1]
+    t = token_index.clamp(max=L - 1)[:, None]                                           # [I, 1]
+    scale = batch.scales.gather(1, t)[:, :, None]                                       # [I, 1, 1]
     x = guide(logits[batch.read], logits[batch.read_null], scale)                       # [I, n, V]
-    return sample_rows(x, batch.sampling, u)
+    tokens = sample_rows(x, batch.sampling, u)                                          # [I, n]
+    if batch.known is not None:    # the plain sampler's order: draw, then take the given token
+        n = tokens.shape[1]
+        given = batch.given.gather(1, t[:, :, None].expand(-1, 1, n))[:, 0]             # [I, n]
+        tokens = torch.where(batch.known.gather(1, t), given, tokens)
+    return tokens
 
 
 def decode_step(model, cache: KVCache, inputs: torch.Tensor, positions: torch.Tensor, batch: DecodeBatch,
