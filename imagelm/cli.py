@@ -27,7 +27,7 @@ def _train_tokenizer(a) -> None:
                               no_perceptual=a.no_perceptual, disc_start=a.disc_start, precision=a.precision,
                               device=a.device, seed=a.seed, num_workers=a.num_workers,
                               preview_every=a.preview_every, ckpt_every=a.ckpt_every, resume=a.resume,
-                              **_scale_kwargs(a))
+                              init=a.init, **_scale_kwargs(a))
     ckpt = train_tokenizer(args)
     _say(f"tokenizer checkpoint: {ckpt}")
 
@@ -52,6 +52,36 @@ def _add_scale_args(sp) -> None:
     sp.add_argument("--log-every", type=int, default=20, help="steps between log lines (loss, tokens/s, MFU, memory)")
     sp.add_argument("--log", default="stdout", choices=["stdout", "tensorboard"],
                     help="tensorboard: also write TensorBoard scalars to OUT/tensorboard (needs tensorboard)")
+
+
+def _add_finetune_args(sp) -> None:
+    """`imagelm train`'s fine-tuning options (imagelm/train/init.py, freeze.py, models/lora.py)."""
+    sp.add_argument("--init", default=None, metavar="CKPT",
+                    help="start from this generator checkpoint's weights (ours or `imagelm convert`ed), fresh "
+                         "optimizer; its architecture is kept, grid and classes come from --codes")
+    sp.add_argument("--class-map", default=None, metavar="OLD:NEW,...",
+                    help="with --init: class-table rows to carry over (ids or names); default: same ids kept, "
+                         "new classes start at the mean of the old rows")
+    sp.add_argument("--freeze", default=None, metavar="PARTS",
+                    help="comma-separated parts not to train: embeddings, cond, blocks, blocks:N (the first N), "
+                         "norm, trunk, heads, all-but-heads")
+    sp.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                    help="LoRA adapters of rank R on attention and MLP linears; the trunk trains through them only")
+    sp.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale alpha / R (default alpha = R)")
+
+
+def _export_merge_lora(a) -> None:
+    from imagelm.train.merge_lora import merge_lora_checkpoint
+    out = merge_lora_checkpoint(a.ckpt, a.out)
+    print(f"merged LoRA checkpoint (plain generator, config.json + model.safetensors): {out}")
+
+
+def _add_export_merge_lora(export_sub) -> None:
+    """`imagelm export merge-lora CKPT OUT_DIR`: a LoRA run's checkpoint -> a plain generator checkpoint."""
+    c = export_sub.add_parser("merge-lora", help="fold a LoRA run's adapters into its weights: a plain checkpoint")
+    c.add_argument("ckpt", help="a LoRA run directory (its newest checkpoint) or a checkpoint directory")
+    c.add_argument("out", help="the new checkpoint directory")
+    c.set_defaults(func=_export_merge_lora)
 
 
 def _export_consolidate(a) -> None:
@@ -112,7 +142,8 @@ def _train(a) -> None:
                               class_dropout=a.class_dropout, dropout=a.dropout, precision=a.precision,
                               device=a.device, seed=a.seed, preview_every=a.preview_every,
                               ckpt_every=a.ckpt_every, resume=a.resume, cond=a.cond,
-                              workers=a.num_workers, peak_tflops=a.peak_tflops, **_scale_kwargs(a))
+                              workers=a.num_workers, peak_tflops=a.peak_tflops, init=a.init, class_map=a.class_map,
+                              freeze=a.freeze, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, **_scale_kwargs(a))
     ckpt = train_generator(args)
     _say(f"generator checkpoint: {ckpt}")
 
@@ -243,7 +274,7 @@ def _serve(a) -> None:
 def _convert(a) -> None:
     from imagelm.compat import convert
     out = convert(a.format, a.src, a.out_dir, preset=a.preset, image_size=a.image_size, tokenizer=a.tokenizer,
-                  text_encoder_path=a.text_encoder_path)
+                  text_encoder_path=a.text_encoder_path, n_head=a.n_head)
     print(f"{a.format} {a.src} -> imagelm checkpoint {out}")
 
 
@@ -272,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-tokenizer", help="train an image tokenizer (VQ or binary autoencoder)")
     t.add_argument("--data", default="shapes", help="shapes, shapes-simple, digits, a folder, or captions .jsonl")
-    t.add_argument("--preset", default="vq-tiny", help="VQ-16, VQ-8, vq-tiny, BAE-16/20/24/32, bae-tiny")
+    t.add_argument("--preset", default=None, help="VQ-16, VQ-8, vq-tiny (default), BAE-16/20/24/32, bae-tiny")
+    t.add_argument("--init", default=None, metavar="CKPT",
+                   help="adapt this tokenizer (ours, or a converted LlamaGen VQ / ELM BAE) to --data: its "
+                        "architecture and weights, a fresh optimizer")
     t.add_argument("--out", required=True)
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--data-length", type=int, default=None, help="items of a procedural data set")
@@ -323,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a generator on extracted codes")
     tr.add_argument("--codes", required=True)
     tr.add_argument("--out", required=True)
-    tr.add_argument("--preset", default="tiny", help="tiny, GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B")
-    tr.add_argument("--kind", default="ar", choices=["ar", "mlm"], help="autoregressive or masked (MaskGIT) generator")
+    tr.add_argument("--preset", default=None, help="tiny (default), GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, "
+                                                   "GPT-3B; with --init only a check of its shape")
+    tr.add_argument("--kind", default=None, choices=["ar", "mlm"],
+                    help="autoregressive (default) or masked (MaskGIT) generator; with --init default its kind")
     tr.add_argument("--subtokens", type=int, default=None,
                     help="binary codes: split the D bits into N sub-tokens of D/N bits (ELM's N-M); default: <= 10 bits each")
     tr.add_argument("--steps", type=int, default=1000)
@@ -345,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_args(tr)
     tr.add_argument("--cond", default=None, choices=["class", "text"],
                     help="condition on class ids or on the codes' caption features (default: the preset's)")
+    _add_finetune_args(tr)
     common(tr)
     tr.set_defaults(func=_train)
 
@@ -438,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a checkpoint to another layout")
     ex_sub = ex.add_subparsers(dest="target", required=True, metavar="TARGET")
     _add_export_consolidate(ex_sub)
+    _add_export_merge_lora(ex_sub)
 
     sv = sub.add_parser("serve", help="HTTP API (POST /v1/images) and a web playground over the sampling engine")
     sv.add_argument("--ckpt", required=True)
@@ -459,7 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("src", help="the released file (.pt / .pth / .th)")
     cv.add_argument("out_dir", help="where to write the imagelm checkpoint")
     cv.add_argument("--preset", default=None,
-                    help="generator preset (GPT-B, GPT-L, ...) or BAE-16/20/24/32; default: inferred from shapes")
+                    help="generator preset (GPT-B, GPT-L, ...) or BAE-16/20/24/32, checked against the file; "
+                         "default: every shape read from the file (any size)")
+    cv.add_argument("--n-head", type=int, default=None,
+                    help="generators: attention heads, where no preset of the file's width and depth says (default: "
+                         "width / 64, the head size of the releases)")
     cv.add_argument("--image-size", type=int, default=None,
                     help="256, 384, ... (LlamaGen GPT: default from the file name; ELM: 256)")
     cv.add_argument("--tokenizer", default=None, help="link a generator to this (converted) tokenizer checkpoint")

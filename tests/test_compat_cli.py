@@ -72,3 +72,15 @@ def test_elm_mlm_converts_and_samples(tmp_path):
     assert gen.kind == "mlm" and gen.config.head == "tied-mlm"
     tokens = imagelm.sample(gen, [1, 2], cfg_scale=2.0, steps=4, seed=0)
     assert tokens.shape == (2, 16, 1) and tokens.max() < 8
+
+
+def test_convert_any_size_with_n_head(tmp_path, capsys):
+    """A LlamaGen file of no preset's size converts; a width that is no multiple of 64 asks for --n-head."""
+    torch.save({"model": llamagen_gpt_state(dim=96, n_layer=2, hidden=256)}, tmp_path / "c2i_odd_64.pt")
+    assert main(["convert", "llamagen-gpt", str(tmp_path / "c2i_odd_64.pt"), str(tmp_path / "a")]) == 2
+    assert "pass --n-head N" in _error_line(capsys)
+    assert main(["convert", "llamagen-gpt", str(tmp_path / "c2i_odd_64.pt"), str(tmp_path / "b"), "--n-head", "3"]) == 0
+    gen = imagelm.load(tmp_path / "b")
+    assert (gen.config.dim, gen.config.n_layer, gen.config.n_head) == (96, 2, 3) and gen.meta["preset"] is None
+    assert main(["convert", "llamagen-vq", str(tmp_path / "c2i_odd_64.pt"), str(tmp_path / "c"), "--n-head", "3"]) == 2
+    assert "--n-head is for generators" in _error_line(capsys)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from imagelm.compat import CompatError, load_elm_bae, load_elm_gpt, load_foreign
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from test_compat_llamagen import DIM, GRID, HIDDEN, N_LAYER, conv_norm_writers, llamagen_gpt_state, ref_trunk
+from test_compat_llamagen import DIM, GRID, HIDDEN, N_HEAD, N_LAYER, conv_norm_writers, llamagen_gpt_state, ref_trunk
 
 NF, EMB, BITS, IMG = 32, 32, 8, 8          # ch_mult (1, 2): 8x8 images -> 4x4 positions of 8 bits
 
@@ -127,29 +127,31 @@ def test_bae_wrong_bits_and_broken_layout_are_refused(tmp_path):
 N_SUB, M_BITS = 2, 3            # ELM's "2-3" vocabulary: 6-bit codes as 2 sub-tokens of 8 values
 
 
-def elm_ar_state(n=N_SUB, seed=1, m=M_BITS):
+def elm_ar_state(n=N_SUB, seed=1, m=M_BITS, dim=DIM, n_layer=N_LAYER):
     """ELM AR weights: LlamaGen's trunk and class table, n tok_embedder tables + proj, n output heads."""
     g = torch.Generator().manual_seed(seed)
-    sd = {k: v for k, v in llamagen_gpt_state(seed=seed).items() if not k.startswith(("tok_", "output"))}
+    trunk = llamagen_gpt_state(seed=seed, dim=dim, n_layer=n_layer)
+    sd = {k: v for k, v in trunk.items() if not k.startswith(("tok_", "output"))}
     V = 2 ** m
     if n == 1:
-        sd["tok_embedder.weight"] = torch.randn(V, DIM, generator=g) * 0.1
-        sd["output.weight"] = torch.randn(V, DIM, generator=g) * 0.1
+        sd["tok_embedder.weight"] = torch.randn(V, dim, generator=g) * 0.1
+        sd["output.weight"] = torch.randn(V, dim, generator=g) * 0.1
     else:
         for i in range(n):
-            sd[f"tok_embedder.{i}.weight"] = torch.randn(V, DIM, generator=g) * 0.1
-            sd[f"output.{i}.weight"] = torch.randn(V, DIM, generator=g) * 0.1
-        sd["proj.weight"] = torch.randn(DIM, n * DIM, generator=g) * 0.05
+            sd[f"tok_embedder.{i}.weight"] = torch.randn(V, dim, generator=g) * 0.1
+            sd[f"output.{i}.weight"] = torch.randn(V, dim, generator=g) * 0.1
+        sd["proj.weight"] = torch.randn(dim, n * dim, generator=g) * 0.05
     return sd
 
 
-def ref_elm_logits(sd, tokens, cond, n=N_SUB):
+def ref_elm_logits(sd, tokens, cond, n=N_SUB, n_head=N_HEAD):
     """ELM's teacher-forced logits: tokens [B, L, n] -> [B, L, n, V] (a head per sub-token)."""
     if n == 1:
         emb = sd["tok_embedder.weight"][tokens[:, :-1, 0]]
     else:
         emb = torch.cat([sd[f"tok_embedder.{i}.weight"][tokens[:, :-1, i]] for i in range(n)], -1) @ sd["proj.weight"].T
-    h = ref_trunk(sd, torch.cat([sd["cls_embedding.embedding_table.weight"][cond][:, None], emb], 1), 1)
+    h = ref_trunk(sd, torch.cat([sd["cls_embedding.embedding_table.weight"][cond][:, None], emb], 1), 1,
+                  n_head=n_head)
     heads = [sd["output.weight"]] if n == 1 else [sd[f"output.{i}.weight"] for i in range(n)]
     return torch.stack([h @ w.T for w in heads], 2)
 
@@ -183,6 +185,21 @@ def test_elm_ar_greedy_sampling_matches_reference(tmp_path, cfg):
             logits = u + (logits - u) * cfg
         seq = torch.cat([seq, logits.argmax(-1)[:, None]], 1)
     assert torch.equal(ours, seq)
+
+
+def test_elm_non_preset_size_infers_heads_of_64(tmp_path):
+    """ELM's releases all have 64-channel heads: a width-256, 2-layer file (no preset) imports with 4 heads."""
+    sd = elm_ar_state(dim=256, n_layer=2)
+    torch.save(sd, tmp_path / "custom-2-3.pth")
+    model = load_elm_gpt(tmp_path / "custom-2-3.pth", image_size=64)
+    c = model.config
+    assert (c.dim, c.n_layer, c.n_head, c.num_subtokens) == (256, 2, 4, N_SUB) and model.meta["preset"] is None
+    tokens, cond = torch.randint(0, 8, (2, GRID * GRID, N_SUB)), torch.tensor([4, 10])
+    with torch.no_grad():
+        ours = model(tokens, cond)
+    assert (ours - ref_elm_logits(sd, tokens, cond, n_head=4)).abs().max() < 1e-4
+    with pytest.raises(CompatError, match="does not fit preset GPT-B"):
+        load_elm_gpt(tmp_path / "custom-2-3.pth", preset="GPT-B", image_size=64)
 
 
 def test_elm_gpt_refusals(tmp_path):

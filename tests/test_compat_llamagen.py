@@ -19,23 +19,26 @@ DIM, N_HEAD, N_LAYER, HIDDEN = 128, 4, 4, 512      # preset "tiny"'s trunk; Llam
 VOCAB, CLASSES, GRID, IMAGE = 64, 10, 4, 64         # 64 px / 16 = a 4x4 grid
 
 
-def llamagen_gpt_state(text: bool = False, caption_dim: int = 24, seed: int = 0) -> dict:
-    """Random weights in LlamaGen's GPT key layout (c2i, or t2i with a 120-token null caption)."""
+def llamagen_gpt_state(text: bool = False, caption_dim: int = 24, seed: int = 0, dim: int = DIM,
+                       n_layer: int = N_LAYER, hidden: int = HIDDEN, kv_dim: int | None = None) -> dict:
+    """Random weights in LlamaGen's GPT key layout (c2i, or t2i with a 120-token null caption), of any
+    width, depth, SwiGLU width and key/value width (kv_dim = kv heads x head size; default: dim)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.1       # noqa: E731
-    sd = {"tok_embeddings.weight": r(VOCAB, DIM), "norm.weight": 1 + r(DIM), "output.weight": r(VOCAB, DIM)}
+    kv_dim = kv_dim or dim
+    sd = {"tok_embeddings.weight": r(VOCAB, dim), "norm.weight": 1 + r(dim), "output.weight": r(VOCAB, dim)}
     if text:
-        sd.update({"cls_embedding.cap_proj.fc1.weight": r(DIM, caption_dim),
-                   "cls_embedding.cap_proj.fc2.weight": r(DIM, DIM),
+        sd.update({"cls_embedding.cap_proj.fc1.weight": r(dim, caption_dim),
+                   "cls_embedding.cap_proj.fc2.weight": r(dim, dim),
                    "cls_embedding.uncond_embedding": r(120, caption_dim) * 10})
     else:
-        sd["cls_embedding.embedding_table.weight"] = r(CLASSES + 1, DIM) * 10
-    for i in range(N_LAYER):
+        sd["cls_embedding.embedding_table.weight"] = r(CLASSES + 1, dim) * 10
+    for i in range(n_layer):
         p = f"layers.{i}."
-        sd.update({p + "attention.wqkv.weight": r(3 * DIM, DIM), p + "attention.wo.weight": r(DIM, DIM),
-                   p + "feed_forward.w1.weight": r(HIDDEN, DIM), p + "feed_forward.w2.weight": r(DIM, HIDDEN),
-                   p + "feed_forward.w3.weight": r(HIDDEN, DIM),
-                   p + "attention_norm.weight": 1 + r(DIM), p + "ffn_norm.weight": 1 + r(DIM)})
+        sd.update({p + "attention.wqkv.weight": r(dim + 2 * kv_dim, dim), p + "attention.wo.weight": r(dim, dim),
+                   p + "feed_forward.w1.weight": r(hidden, dim), p + "feed_forward.w2.weight": r(dim, hidden),
+                   p + "feed_forward.w3.weight": r(hidden, dim),
+                   p + "attention_norm.weight": 1 + r(dim), p + "ffn_norm.weight": 1 + r(dim)})
     return sd
 
 
@@ -62,26 +65,29 @@ def ref_rms(x, w):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w
 
 
-def ref_trunk(sd, h, prefix: int, key_valid=None, causal: bool = True):
+def ref_trunk(sd, h, prefix: int, key_valid=None, causal: bool = True, n_head: int = N_HEAD, grid: int = GRID):
     """h [B, T, dim] (prefix + tokens) -> final-normed hidden [B, T, dim], causal attention (or full);
-    key_valid [B, T] masks padded prefix keys (each position still sees itself, LlamaGen's eye fix)."""
-    B, T, _ = h.shape
-    hd = DIM // N_HEAD
-    table = ref_rope(GRID, hd, prefix)[:T]
+    key_valid [B, T] masks padded prefix keys (each position still sees itself, LlamaGen's eye fix).
+    Width and depth come from the weights; kv heads from wqkv's rows (each shared by n_head / kv queries)."""
+    B, T, dim = h.shape
+    hd = dim // n_head
+    kv = (sd["layers.0.attention.wqkv.weight"].shape[0] - dim) // (2 * hd)
+    n_layer = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+    table = ref_rope(grid, hd, prefix)[:T]
     allowed = (torch.ones(T, T).tril() if causal else torch.ones(T, T)).bool()[None].expand(B, T, T).clone()
     if key_valid is not None:
         allowed &= key_valid[:, None, :]
         allowed |= torch.eye(T, dtype=torch.bool)[None]
-    for i in range(N_LAYER):
+    for i in range(n_layer):
         p = f"layers.{i}."
         x = ref_rms(h, sd[p + "attention_norm.weight"])
-        q, k, v = (x @ sd[p + "attention.wqkv.weight"].T).split(DIM, -1)
-        q = ref_rotate(q.view(B, T, N_HEAD, hd), table).transpose(1, 2)
-        k = ref_rotate(k.view(B, T, N_HEAD, hd), table).transpose(1, 2)
-        v = v.view(B, T, N_HEAD, hd).transpose(1, 2)
+        q, k, v = (x @ sd[p + "attention.wqkv.weight"].T).split([dim, kv * hd, kv * hd], -1)
+        q = ref_rotate(q.view(B, T, n_head, hd), table).transpose(1, 2)
+        k = ref_rotate(k.view(B, T, kv, hd), table).transpose(1, 2).repeat_interleave(n_head // kv, 1)
+        v = v.view(B, T, kv, hd).transpose(1, 2).repeat_interleave(n_head // kv, 1)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, DIM)
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, dim)
         h = h + y @ sd[p + "attention.wo.weight"].T
         x = ref_rms(h, sd[p + "ffn_norm.weight"])
         ff = F.silu(x @ sd[p + "feed_forward.w1.weight"].T) * (x @ sd[p + "feed_forward.w3.weight"].T)
@@ -96,13 +102,13 @@ def ref_prefix(sd, cond, prefix: int):
     return sd["cls_embedding.embedding_table.weight"][cond][:, None]
 
 
-def ref_logits(sd, tokens, cond, prefix: int = 1):
+def ref_logits(sd, tokens, cond, prefix: int = 1, n_head: int = N_HEAD):
     """LlamaGen's teacher-forced logits: [cond prefix | tokens[:, :-1]] -> logits for every token [B, L, V]."""
     h = torch.cat([ref_prefix(sd, cond, prefix), sd["tok_embeddings.weight"][tokens[:, :-1]]], 1)
     valid = None
     if isinstance(cond, TextCondition):
         valid = torch.cat([cond.mask, torch.ones(len(tokens), tokens.shape[1] - 1, dtype=torch.bool)], 1)
-    return ref_trunk(sd, h, prefix, valid)[:, prefix - 1:] @ sd["output.weight"].T
+    return ref_trunk(sd, h, prefix, valid, n_head=n_head)[:, prefix - 1:] @ sd["output.weight"].T
 
 
 def ref_greedy(sd, cond, null, cfg: float, prefix: int = 1) -> torch.Tensor:
@@ -206,6 +212,40 @@ def test_convert_t2i_records_the_t5_encoder(tmp_path, c2i_file):
     assert spec == {"name": "t5", "path": str((tmp_path / "flan-t5-xl").resolve()), "max_len": 32, "dim": 24}
     with pytest.raises(CompatError, match="text-conditional"):
         convert("llamagen-gpt", c2i_file, tmp_path / "c2i", text_encoder_path=tmp_path / "flan-t5-xl")
+
+
+def test_non_preset_size_is_inferred_and_matches_reference(tmp_path):
+    """Width 128 with 2 layers is no preset: depth, heads (head size 64) and SwiGLU width come from the file."""
+    sd = llamagen_gpt_state(n_layer=2)
+    torch.save({"model": sd}, tmp_path / "c2i_custom_64.pt")
+    model = load_llamagen_gpt(tmp_path / "c2i_custom_64.pt")
+    c = model.config
+    assert (c.dim, c.n_layer, c.n_head, c.kv_heads, c.ffn_hidden) == (128, 2, 2, 2, HIDDEN)
+    assert c.ffn_hidden_dim is None and model.meta["preset"] is None     # LlamaGen's rounding reproduces 512
+    tokens, cond = torch.randint(0, VOCAB, (2, GRID * GRID)), torch.tensor([3, CLASSES])
+    with torch.no_grad():
+        ours = model(tokens, cond)
+    assert (ours - ref_logits(sd, tokens, cond, n_head=2)).abs().max() < 1e-4
+    # --preset is still accepted, as a check: this file is not "tiny" (4 layers).
+    with pytest.raises(CompatError, match="does not fit preset tiny: the file has 2 layers, the preset 4"):
+        load_llamagen_gpt(tmp_path / "c2i_custom_64.pt", preset="tiny")
+
+
+def test_odd_width_needs_n_head_and_gets_exact_ffn_and_kv_heads(tmp_path):
+    """Width 96 (not a multiple of 64), a SwiGLU width no rounding rule gives, and one key/value head."""
+    sd = llamagen_gpt_state(dim=96, n_layer=3, hidden=200, kv_dim=32)
+    torch.save({"model": sd}, tmp_path / "c2i_odd_64.pt")
+    with pytest.raises(CompatError, match="width 96 is not a multiple of the usual head size 64.*--n-head"):
+        load_llamagen_gpt(tmp_path / "c2i_odd_64.pt")
+    with pytest.raises(CompatError, match="wqkv.weight has 160 rows, which no key/value head count fits"):
+        load_llamagen_gpt(tmp_path / "c2i_odd_64.pt", n_head=4)       # head size 24: 160 rows do not split
+    model = load_llamagen_gpt(tmp_path / "c2i_odd_64.pt", n_head=3)
+    c = model.config
+    assert (c.dim, c.n_layer, c.n_head, c.kv_heads, c.ffn_hidden, c.ffn_hidden_dim) == (96, 3, 3, 1, 200, 200)
+    tokens, cond = torch.randint(0, VOCAB, (2, GRID * GRID)), torch.tensor([0, 7])
+    with torch.no_grad():
+        ours = model(tokens, cond)
+    assert (ours - ref_logits(sd, tokens, cond, n_head=3)).abs().max() < 1e-4
 
 
 def test_wrong_preset_names_first_mismatched_key(c2i_file):

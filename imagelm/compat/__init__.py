@@ -1,6 +1,6 @@
 """Import LlamaGen and ELM released checkpoints into imagelm's modules, and export back to LlamaGen.
 
-    gen = imagelm.compat.load_llamagen_gpt("c2i_L_384.pt")            # preset and size inferred
+    gen = imagelm.compat.load_llamagen_gpt("c2i_L_384.pt")            # shape and size inferred, any size
     vq = imagelm.compat.load_llamagen_vq("vq_ds16_c2i.pt")
     bae = imagelm.compat.load_elm_bae("binaryae_ema.th")
     elm = imagelm.compat.load_elm_gpt("L-2-10.pth")
@@ -25,10 +25,14 @@ __all__ = ["CompatError", "FORMATS", "EXPORT_FORMATS", "load_llamagen_gpt", "loa
            "load_elm_gpt", "export_llamagen_gpt", "convert", "export", "load_foreign"]
 
 
-def load_foreign(fmt: str, src, preset: str | None = None, image_size: int | None = None):
-    """The module for a released checkpoint of format `fmt` (one of FORMATS), in eval mode with `.meta`."""
+def load_foreign(fmt: str, src, preset: str | None = None, image_size: int | None = None,
+                 n_head: int | None = None):
+    """The module for a released checkpoint of format `fmt` (one of FORMATS), in eval mode with `.meta`.
+    n_head: generators only, the head count where neither a preset nor the 64-channel head size applies."""
+    if n_head is not None and fmt not in ("llamagen-gpt", "elm-gpt"):
+        raise CompatError(f"--n-head is for generators (llamagen-gpt, elm-gpt), not {fmt}")
     if fmt == "llamagen-gpt":
-        return load_llamagen_gpt(src, preset=preset, image_size=image_size)
+        return load_llamagen_gpt(src, preset=preset, image_size=image_size, n_head=n_head)
     if fmt == "llamagen-vq":
         return load_llamagen_vq(src, preset=preset, image_size=image_size)
     if fmt == "elm-bae":
@@ -40,18 +44,18 @@ def load_foreign(fmt: str, src, preset: str | None = None, image_size: int | Non
             bits = BAE_PRESETS[preset]["bits"]
         return load_elm_bae(src, image_size=image_size, bits=bits)
     if fmt == "elm-gpt":
-        return load_elm_gpt(src, preset=preset, image_size=image_size)
+        return load_elm_gpt(src, preset=preset, image_size=image_size, n_head=n_head)
     raise CompatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def convert(fmt: str, src, out_dir, preset: str | None = None, image_size: int | None = None,
-            tokenizer=None, text_encoder_path=None) -> Path:
+            tokenizer=None, text_encoder_path=None, n_head: int | None = None) -> Path:
     """Import `src` (format `fmt`) and save it as our checkpoint under out_dir (atomically) -> the checkpoint
     directory, which `imagelm.load` / `load_tokenizer` / `imagelm sample` read. tokenizer: our (converted)
     tokenizer checkpoint to link a generator to, so sampling can decode without --tokenizer.
     text_encoder_path: for a LlamaGen text model, the local FLAN-T5 directory its captions are encoded
     with (recorded, not read now), so `imagelm sample --prompt` works."""
-    model = load_foreign(fmt, src, preset, image_size)
+    model = load_foreign(fmt, src, preset, image_size, n_head)
     meta = dict(model.meta)
     if text_encoder_path is not None:
         if getattr(model, "config", None) is None or getattr(model.config, "cond", None) != "text":

@@ -26,8 +26,9 @@ import torch
 
 from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
                                    read_file, rename_gpt_keys, unwrap)
+from imagelm.compat.shapes import describe, infer_trunk
 from imagelm.models import ARGenerator, MaskedGenerator
-from imagelm.models.presets import GPT_PRESETS, GPTConfig
+from imagelm.models.presets import GPTConfig
 from imagelm.tokenizers.bae_elm import ELMBAEConfig, ELMBAEModel
 from imagelm.vocab import TokenLayout
 
@@ -198,8 +199,13 @@ def _gpt_renames(state: dict) -> dict[str, str]:
     return rename_gpt_keys(state, _GPT_RENAMES, _GPT_PATTERNS)
 
 
-def elm_gpt_config(state: dict, src: str, preset: str | None, image_size: int | None) -> tuple[GPTConfig, str]:
-    """Our GPTConfig for ELM AR weights -> (config, preset name); n-m vocabulary read from the tables."""
+def elm_gpt_config(state: dict, src: str, preset: str | None, image_size: int | None,
+                   n_head: int | None = None) -> tuple[GPTConfig, str | None]:
+    """Our GPTConfig for ELM AR or MLM weights -> (config, preset name, or None for a size no preset has).
+
+    n-m vocabulary read from the tables; the trunk from the preset when given (then checked against the
+    weights), else from the weights (compat/shapes.py; heads of 64 channels, as in every ELM release,
+    unless a preset of that width and depth or n_head says otherwise)."""
     mlm = "mlm_layer.fc.weight" in state
     if mlm and ("proj.weight" in state or "tok_embedder.weight" not in state):
         raise CompatError(f"{src} is an ELM masked model with several sub-tokens per position (each its own "
@@ -222,22 +228,14 @@ def elm_gpt_config(state: dict, src: str, preset: str | None, image_size: int | 
         raise CompatError(f"{src}: tok_embedder has {vocab} rows, not 2^m for an m-bit sub-token")
     if "cls_embedding.embedding_table.weight" not in state:
         raise CompatError(f"{src}: unknown layout (no cls_embedding.embedding_table)")
-    n_layer = len(block_indices(state, r"layers\.(\d+)\."))
-    name = preset or next((k for k, f in GPT_PRESETS.items() if f["dim"] == dim and f["n_layer"] == n_layer
-                           and f.get("cond", "class") == "class"), None)
-    if name is None:
-        raise CompatError(f"{src}: no preset has dim {dim} and {n_layer} layers; pass --preset NAME")
-    if name not in GPT_PRESETS:
-        raise CompatError(f"unknown generator preset {name!r}; choose one of {', '.join(GPT_PRESETS)}")
+    trunk, name = infer_trunk(state, dim, src, preset, n_head)
     image_size = image_size or DEFAULT_IMAGE_SIZE
-    p = GPT_PRESETS[name]
     try:
-        config = GPTConfig(n_layer=p["n_layer"], n_head=p["n_head"], dim=p["dim"], vocab_size=vocab,
-                           num_subtokens=n, grid_size=image_size // GPT_DOWNSAMPLE, prefix_rope="zero",
-                           head="tied-mlm" if mlm else "linear",
+        config = GPTConfig(**trunk, vocab_size=vocab, num_subtokens=n, grid_size=image_size // GPT_DOWNSAMPLE,
+                           prefix_rope="zero", head="tied-mlm" if mlm else "linear",
                            num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1)
     except ValueError as e:
-        raise CompatError(f"{src}: preset {name}: {e}") from None
+        raise CompatError(f"{src}: {describe(trunk, name)}: {e}") from None
     return config, name
 
 
@@ -266,18 +264,21 @@ def _mlm_state(state: dict, vocab: int) -> tuple[dict, dict]:
     return ours, names
 
 
-def load_elm_gpt(path, preset: str | None = None, image_size: int | None = None):
+def load_elm_gpt(path, preset: str | None = None, image_size: int | None = None, n_head: int | None = None):
     """An ELM generator -> our ARGenerator (AR files, `L-2-10.pth`, ...) or MaskedGenerator (MLM files,
     `mlmL-1-16.pth`), in eval mode (float32, CPU).
 
     AR: forward(tokens [B, L, n], cond [B]) -> logits [B, L, n, 2^m], ELM's teacher-forced logits, one head
     per sub-token. MLM: forward(tokens, cond, mask [B, L]) -> logits [B, L, 1, 2^m] through ELM's tied head.
-    preset: e.g. "GPT-L" (default: found from width and depth); image_size default 256.
+    preset: e.g. "GPT-L", checked against the weights (default: the shape read from the weights, any size;
+    n_head: the head count, default that of a preset of this width and depth, else width / 64);
+    image_size default 256.
     """
     src = str(path)
     state = float32(unwrap(read_file(path), src, "cls_embedding.embedding_table.weight"))
-    config, name = elm_gpt_config(state, src, preset, image_size)
-    what = f"preset {name} with {config.num_subtokens}-{int(math.log2(config.vocab_size))} tokens"
+    config, name = elm_gpt_config(state, src, preset, image_size, n_head)
+    m = int(math.log2(config.vocab_size))
+    what = f"{describe(config.to_dict(), name)} with {config.num_subtokens}-{m} tokens"
     if config.head == "tied-mlm":
         ours, names = _mlm_state(state, config.vocab_size)
         model = build_and_load(lambda: MaskedGenerator(config), ours, names, src, what)

@@ -20,6 +20,7 @@ import torch
 from imagelm.atomic import atomic_file
 from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
                                    read_file, rename_gpt_keys, unwrap)
+from imagelm.compat.shapes import describe, infer_trunk
 from imagelm.models import ARGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig
 from imagelm.tokenizers.vq import VQ_PRESETS, VQConfig, VQModel
@@ -51,13 +52,6 @@ def _ignored_gpt_key(k: str) -> bool:
     return k == "freqs_cis" or k == "causal_mask" or ".kv_cache." in k
 
 
-def _preset_for(dim: int, n_layer: int, src: str) -> str:
-    for name, fields in GPT_PRESETS.items():
-        if fields["dim"] == dim and fields["n_layer"] == n_layer and fields.get("cond", "class") == "class":
-            return name
-    raise CompatError(f"{src}: no preset has dim {dim} and {n_layer} layers; pass --preset NAME")
-
-
 def image_size_from_name(path) -> int | None:
     """LlamaGen names its files by resolution (c2i_L_384.pt, t2i_XL_stage1_256.pt): that number, or None."""
     m = re.search(r"_(\d+)\.[^.]+$", Path(path).name)        # the number just before the extension
@@ -65,27 +59,25 @@ def image_size_from_name(path) -> int | None:
 
 
 def gpt_config_from_state(state: dict, src: str, preset: str | None, image_size: int | None,
-                          path=None) -> tuple[GPTConfig, str]:
-    """Our GPTConfig for LlamaGen GPT weights -> (config, preset name).
+                          path=None, n_head: int | None = None) -> tuple[GPTConfig, str | None]:
+    """Our GPTConfig for LlamaGen GPT weights -> (config, preset name, or None for a size no preset has).
 
-    The trunk shape comes from the preset (given, or found by dim and depth); vocabulary, classes and the
-    caption setting come from the weights; the grid from image_size (given, or read from the file name).
+    The trunk shape comes from the preset when one is given (and is then checked against the weights),
+    else from the weights themselves (compat/shapes.py: depth, heads, key/value heads, SwiGLU width);
+    vocabulary, classes and the caption setting come from the weights; the grid from image_size (given,
+    or read from the file name).
     """
     if "tok_embeddings.weight" not in state:
         raise CompatError(f"{src}: not a LlamaGen GPT (no tok_embeddings.weight)")
     vocab, dim = state["tok_embeddings.weight"].shape
-    n_layer = len(block_indices(state, r"layers\.(\d+)\."))
-    name = preset or _preset_for(dim, n_layer, src)
-    if name not in GPT_PRESETS:
-        raise CompatError(f"unknown generator preset {name!r}; choose one of {', '.join(GPT_PRESETS)}")
+    trunk, name = infer_trunk(state, dim, src, preset, n_head)
     image_size = image_size or (image_size_from_name(path) if path is not None else None)
     if image_size is None:
         raise CompatError(f"{src}: the image size is not stored in LlamaGen files; pass --image-size (256 or 384)")
     if image_size % GPT_DOWNSAMPLE:
         raise CompatError(f"image size {image_size} is not a multiple of {GPT_DOWNSAMPLE}")
-    p = GPT_PRESETS[name]
-    fields = dict(n_layer=p["n_layer"], n_head=p["n_head"], dim=p["dim"], vocab_size=vocab,
-                  grid_size=image_size // GPT_DOWNSAMPLE, prefix_rope="zero")
+    p = GPT_PRESETS[name] if name is not None else {}
+    fields = dict(**trunk, vocab_size=vocab, grid_size=image_size // GPT_DOWNSAMPLE, prefix_rope="zero")
     if "cls_embedding.embedding_table.weight" in state:
         fields.update(cond="class", cls_token_num=1,
                       num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1)
@@ -98,7 +90,7 @@ def gpt_config_from_state(state: dict, src: str, preset: str | None, image_size:
     try:
         return GPTConfig(**fields), name
     except ValueError as e:
-        raise CompatError(f"{src}: preset {name}: {e}") from None
+        raise CompatError(f"{src}: {describe(trunk, name)}: {e}") from None
 
 
 def gpt_from_state(state: dict, config: GPTConfig, src: str, what: str) -> ARGenerator:
@@ -120,17 +112,20 @@ def gpt_from_state(state: dict, config: GPTConfig, src: str, what: str) -> ARGen
 
 
 def load_llamagen_gpt(path, preset: str | None = None, image_size: int | None = None,
-                      use_ema: bool = False) -> ARGenerator:
+                      use_ema: bool = False, n_head: int | None = None) -> ARGenerator:
     """A LlamaGen GPT checkpoint (c2i or t2i) -> our ARGenerator in eval mode, float32 on CPU.
 
-    preset: e.g. "GPT-L" (default: found from the weights' width and depth); image_size: 256, 384, ...
+    preset: e.g. "GPT-L", checked against the weights (default: the shape is read from the weights, any
+    size; n_head: the head count when no preset of that width and depth says it, default width / 64);
+    image_size: 256, 384, ...
     (default: from the file name, e.g. c2i_L_384.pt). The model's `forward(tokens [B, L], cond) ->
     logits [B, L, V]` gives LlamaGen's teacher-forced logits. `.meta` holds the config.json to save.
     """
     src = str(path)
     state = unwrap(read_file(path), src, "tok_embeddings.weight", use_ema)
-    config, name = gpt_config_from_state(state, src, preset, image_size, path)
-    model = gpt_from_state(state, config, src, f"preset {name} at {config.grid_size}x{config.grid_size}")
+    config, name = gpt_config_from_state(state, src, preset, image_size, path, n_head)
+    what = f"{describe(config.to_dict(), name)} at {config.grid_size}x{config.grid_size}"
+    model = gpt_from_state(state, config, src, what)
     model.meta = {"kind": "ar", "config": config.to_dict(), "preset": name, "layout": None,
                   "class_names": [], "tokenizer": None, "text_encoder": None,
                   "imported_from": {"format": "llamagen-gpt", "path": str(Path(path).resolve())}}

@@ -5,6 +5,7 @@ import torch
 
 from imagelm import checkpoint
 from imagelm.models.ar import ARGenerator
+from imagelm.models.lora import LoRAConfig, apply_lora, merge_lora
 from imagelm.models.mlm import MaskedGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig, gpt_config
 
@@ -30,10 +31,15 @@ def load_generator(path, device: str | torch.device = "cpu", prefer_ema: bool = 
     """The generator saved at `path` (checkpoint or run directory), in eval mode on `device`.
 
     The returned module carries `.meta` (its config.json, with the tokenizer link and class names).
+    A LoRA run's checkpoint (adapters saved beside the base weights) is loaded with its adapters and
+    merged, so the returned model is a plain generator.
     """
     meta = checkpoint.read_meta(path)
     checkpoint.expect_kind(meta, GENERATOR_KINDS, "generator")
     model = build_generator(GPTConfig(**meta["config"]), meta["kind"])
+    if meta.get("lora"):
+        apply_lora(model, LoRAConfig(**meta["lora"]))
     checkpoint.load_state_strict(model, checkpoint.load_weights(meta["path"], prefer_ema), meta["path"])
+    merge_lora(model)
     model.meta = meta
     return model.to(device).eval()

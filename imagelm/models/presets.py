@@ -18,6 +18,7 @@ class GPTConfig:
     n_kv_head: int | None = None        # grouped-query attention when < n_head
     multiple_of: int = 256              # SwiGLU hidden size is rounded up to a multiple of this
     ffn_dim_multiplier: float | None = None
+    ffn_hidden_dim: int | None = None   # the SwiGLU width given exactly (imported weights of any size)
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     # Token layout (see imagelm/vocab.py): a grid of positions, n sub-tokens of vocab_size values each.
@@ -79,7 +80,10 @@ class GPTConfig:
 
     @property
     def ffn_hidden(self) -> int:
-        """SwiGLU width: 2/3 of 4*dim (so the 3 matrices cost what a 4x MLP would), rounded up."""
+        """SwiGLU width: 2/3 of 4*dim (so the 3 matrices cost what a 4x MLP would), rounded up; or
+        ffn_hidden_dim when set (a file whose width no rounding rule reproduces)."""
+        if self.ffn_hidden_dim is not None:
+            return self.ffn_hidden_dim
         hidden = int(2 * 4 * self.dim / 3)
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)

@@ -23,7 +23,9 @@ from imagelm.tokenizers.blocks import Downsample, GridGeometry, Level, Upsample,
 @dataclass(frozen=True)
 class ELMBAEConfig(GridGeometry):
     """The shape of an ELM binary autoencoder (its hparams: nf, ch_mult, res_blocks, emb_dim, codebook_size
-    = bits, attn_resolutions, gen_mul, norm_first). Inference only: ELM's losses are not reproduced."""
+    = bits, attn_resolutions, gen_mul, norm_first), and the loss weights it is adapted with when
+    `imagelm train-tokenizer --init` fine-tunes imported weights (ours, bae-tiny's CPU defaults: no
+    perceptual or adversarial term; ELM's own training recipe is not reproduced)."""
     image_size: int = 256
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
@@ -33,6 +35,12 @@ class ELMBAEConfig(GridGeometry):
     bits: int = 16                    # D (ELM's `codebook_size`)
     attn_resolutions: tuple[int, ...] = (16,)
     norm_first: bool = False
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    disc_weight: float = 0.0
+    disc_start: int = 0
+    code_weight: float = 0.1
 
     kind = "bae-elm"
 
@@ -89,6 +97,11 @@ class ELMDecoder(nn.Module):
         self.norm_out = group_norm(in_ch)
         self.conv_out = nn.Conv2d(in_ch, 3, 3, padding=1)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The final conv weight (where the adversarial loss's adaptive weight is measured)."""
+        return self.conv_out.weight
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(self.norm_in(z) if self.norm_in is not None else z)
         for m in self.mid:
@@ -107,6 +120,14 @@ class ELMBAEModel(BinaryCodes):
         self.encoder = ELMEncoder(config)
         self.decoder = ELMDecoder(config)
         self.quantize = BinaryQuantizer(config.z_channels, config.bits)
+
+    def forward(self, images: torch.Tensor):
+        """Training pass (Bernoulli bits, straight-through), for fine-tuning imported weights: images
+        [B, 3, H, W] in [-1, 1] -> (reconstruction in [-1, 1], unclamped; bits [B, h, w, D]; losses)."""
+        z, codes, losses = self.quantize(self.encoder((images + 1) / 2), stochastic=True)
+        if "code" in losses:
+            losses["code"] = self.config.code_weight * losses["code"]
+        return self.decoder(z.to(images.dtype)) * 2 - 1, codes, losses
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, stochastic: bool = False,

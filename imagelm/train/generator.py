@@ -25,7 +25,8 @@ from imagelm.data.codes import CodesDataset
 from imagelm.data.sampler import code_batch_loader
 from imagelm.models import GPTConfig, build_generator, gpt_config
 from imagelm.models.mlm import random_training_mask
-from imagelm.train import dcp, loop, parallel
+from imagelm.models.lora import LoRAConfig, apply_lora
+from imagelm.train import dcp, freeze, init, loop, parallel
 from imagelm.train.throughput import MetricsLog, Throughput, format_record, memory_per_rank, model_flops_per_token, peak_flops
 from imagelm.vocab import TokenLayout
 
@@ -35,8 +36,8 @@ class GeneratorTrainArgs:
     """Options of `imagelm train`; defaults suit the tiny preset on a CPU."""
     codes: str
     out: str
-    preset: str = "tiny"
-    kind: str = "ar"                    # "ar" (autoregressive) or "mlm" (masked, MaskGIT-style)
+    preset: str | None = None           # default "tiny"; with --init, only a check of the source's trunk
+    kind: str | None = None             # "ar" (autoregressive) or "mlm" (masked); default: --init's, else "ar"
     subtokens: int | None = None        # binary codes: split D bits into this many sub-tokens (ELM's n)
     cond: str | None = None             # "class" or "text" (caption features in the codes); default: the preset's
     steps: int = 1000
@@ -69,6 +70,12 @@ class GeneratorTrainArgs:
     workers: int = 0                    # DataLoader worker processes reading the code shards
     peak_tflops: float | None = None    # one device's peak, for MFU (default: a known GPU's bf16 peak)
     log: str = "stdout"                 # "stdout" or "tensorboard" (also stdout)
+    # Fine-tuning (imagelm/train/init.py, freeze.py, models/lora.py).
+    init: str | None = None             # start from this generator checkpoint's weights (fresh optimizer)
+    class_map: str | None = None        # "old:new,...": class-table rows to carry over (ids or names)
+    freeze: str | None = None           # parts to freeze: embeddings, cond, blocks[:N], norm, trunk, heads, ...
+    lora_rank: int | None = None        # LoRA adapters of this rank on the trunk's linears (trunk frozen)
+    lora_alpha: float | None = None     # adapter scale alpha / rank (default alpha = rank)
 
 
 def default_subtokens(layout: TokenLayout) -> int:
@@ -83,8 +90,9 @@ def train_layout(args: GeneratorTrainArgs, codes: CodesDataset) -> TokenLayout:
     return codes.layout.split(args.subtokens or default_subtokens(codes.layout))
 
 
-def model_config(args: GeneratorTrainArgs, codes: CodesDataset):
-    """The generator config: the preset's shape, the codes' layout and classes, the args' overrides."""
+def model_config(args: GeneratorTrainArgs, codes: CodesDataset, source: GPTConfig | None = None):
+    """The generator config: the preset's shape (or, with --init, the source's whole architecture), the
+    codes' layout, grid and classes, the args' overrides."""
     layout = train_layout(args, codes)
     overrides = dict(vocab_size=layout.vocab_size, num_subtokens=layout.num_subtokens,
                      grid_size=layout.grid_size, num_classes=codes.num_classes)
@@ -94,7 +102,7 @@ def model_config(args: GeneratorTrainArgs, codes: CodesDataset):
         overrides.update(token_dropout=args.dropout, resid_dropout=args.dropout, ffn_dropout=args.dropout)
     if args.drop_path is not None:
         overrides["drop_path"] = args.drop_path
-    cond = args.cond or gpt_config(args.preset).cond
+    cond = args.cond or (source.cond if source is not None else gpt_config(args.preset or "tiny").cond)
     if cond not in ("class", "text"):
         raise ValueError(f"--cond must be 'class' or 'text', not {cond!r}")
     if cond == "text":  # the prefix is the stored caption features: T tokens of C channels
@@ -104,7 +112,15 @@ def model_config(args: GeneratorTrainArgs, codes: CodesDataset):
         overrides.update(cond="text", cls_token_num=codes.text["max_len"], caption_dim=codes.text["dim"])
     else:
         overrides.update(cond="class", cls_token_num=1)
-    return gpt_config(args.preset, **overrides)
+    if source is None:
+        return gpt_config(args.preset or "tiny", **overrides)
+    if args.preset is not None:
+        p = gpt_config(args.preset)
+        if (p.dim, p.n_layer, p.n_head) != (source.dim, source.n_layer, source.n_head):
+            raise ValueError(f"--preset {args.preset} (dim {p.dim}, {p.n_layer} layers, {p.n_head} heads) is not the "
+                             f"--init checkpoint's shape (dim {source.dim}, {source.n_layer} layers, {source.n_head} "
+                             f"heads); leave --preset out to keep the checkpoint's")
+    return init.replace_config(source, **overrides)
 
 
 def token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -136,10 +152,21 @@ def train_generator(args: GeneratorTrainArgs) -> Path:
 def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
     out = Path(args.out)
     strategy = parallel.resolve_strategy(args.strategy, rt.world_size)
+    if strategy == "fsdp" and (args.freeze or args.lora_rank):
+        raise ValueError("--freeze and --lora-rank train with --strategy single or ddp, not fsdp")
+    source_meta = checkpoint.read_meta(args.init) if args.init else None
+    if source_meta is not None:
+        checkpoint.expect_kind(source_meta, ("ar", "mlm"), "generator for --init")
+    args = dataclasses.replace(args, kind=args.kind or (source_meta or {}).get("kind", "ar"),
+                               # binary codes split as the source's sub-tokens, so its tables fit
+                               subtokens=args.subtokens or (source_meta["config"].get("num_subtokens")
+                                                            if source_meta else None))
     metrics = MetricsLog(out, rt.is_main, args.log)  # fails early when tensorboard is missing
     codes = CodesDataset(args.codes)
     layout = train_layout(args, codes)
-    config = model_config(args, codes)
+    config = model_config(args, codes, GPTConfig(**source_meta["config"]) if source_meta else None)
+    if args.preset is None:   # the name the checkpoint records: the source's preset (None: a custom size)
+        args = dataclasses.replace(args, preset=source_meta.get("preset") if source_meta else "tiny")
     if args.batch_size % rt.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {rt.world_size} ranks")
     micro = parallel.split_micro(args.batch_size // rt.world_size, args.grad_accum)
@@ -147,7 +174,9 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
     rt.print(runtime.describe_precision(rt.device, dtype, args.precision))
 
     torch.manual_seed(args.seed)
-    model = build_generator(config, args.kind).to(rt.device)
+    model = build_generator(config, args.kind)
+    lora = _adapt(args, out, model, codes, rt)
+    model = model.to(rt.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer_params = loop.optimizer_param_names(model)
     flops_per_token = model_flops_per_token(model)
@@ -163,9 +192,13 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
             "class_names": codes.class_names, "codes": str(Path(args.codes).resolve()),
             "text_encoder": codes.text if config.cond == "text" else None,
             "train_args": dataclasses.asdict(args)}
+    if lora is not None:
+        meta["lora"] = lora.to_dict()           # adapters saved beside the base weights, merged on load
+    if source_meta is not None:
+        meta["init"] = {"path": source_meta["path"], "step": source_meta.get("step")}
 
     n_params = sum(p.numel() for p in ema.parameters()) if strategy != "fsdp" else config_params(config, args.kind)
-    rt.print(f"generator {args.preset} ({args.kind}): {n_params / 1e6:.2f}M params, {len(codes)} images x "
+    rt.print(f"generator {args.preset or 'of a custom size'} ({args.kind}): {n_params / 1e6:.2f}M params, {len(codes)} images x "
              f"{config.seq_len} tokens, vocab {config.vocab_size}, {config.num_classes} classes")
     rt.print(f"strategy {strategy} on {rt.world_size} process(es): batch {args.batch_size} = {rt.world_size} x "
              f"{len(micro)} x {args.batch_size // rt.world_size // len(micro)}"
@@ -233,6 +266,32 @@ def _train(args: GeneratorTrainArgs, rt: runtime.Runtime) -> Path:
         rt.print(f"already trained to step {start_step} (of {args.steps}); nothing to do")
     rt.print(f"trained {args.steps - start_step} steps in {time.time() - t0:.0f}s -> {out}")
     return final or checkpoint.resolve(out)
+
+
+def _adapt(args: GeneratorTrainArgs, out: Path, model, codes: CodesDataset, rt: runtime.Runtime) -> LoRAConfig | None:
+    """--init (weights mapped from the source, its table printed once), --lora-rank (adapters; the
+    trunk's own weights frozen), --freeze (named parts), on the plain model before it is distributed.
+    A resumed run takes its weights from its own checkpoint, so --init maps nothing then."""
+    if args.init and loop.resume_checkpoint(args.resume, out) is None:
+        source, source_meta = init.load_generator_source(args.init)
+        mapping = init.parse_class_map(args.class_map, source_meta.get("class_names", []), codes.class_names,
+                                       source.config.num_classes, model.config.num_classes)
+        state, rows = init.map_state(source.state_dict(), model.state_dict(), args.init, mapping)
+        rope = init.rope_row(source.config, model.config)
+        model.load_state_dict(state, strict=True)
+        rt.print(init.format_table(rows + ([rope] if rope else []), init.describe_source(source_meta)))
+    elif args.class_map and not args.init:
+        raise ValueError("--class-map says how to carry class rows over from --init; give --init CKPT")
+    lora = None
+    if args.lora_rank:
+        lora = LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha)
+        apply_lora(model, lora, torch.Generator().manual_seed(args.seed))
+        freeze.freeze_parts(model, "trunk")       # the trunk learns through its adapters only
+    freeze.freeze_parts(model, args.freeze)
+    if args.lora_rank or args.freeze:
+        rt.print(f"partial training: {freeze.trainable_summary(model)}"
+                 + (f", LoRA rank {lora.rank} on {', '.join(lora.targets)}" if lora else ""))
+    return lora
 
 
 def config_params(config: GPTConfig, kind: str) -> int:

@@ -23,7 +23,7 @@ from imagelm.tokenizers import build_tokenizer, config_from_meta, tokenizer_conf
 from imagelm.tokenizers.bae import code_ids
 from imagelm.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_weight,
                                        generator_adv_loss, hinge_d_loss, reconstruction_loss)
-from imagelm.train import loop, parallel
+from imagelm.train import init, loop, parallel
 from imagelm.train.throughput import MetricsLog, Throughput, format_record, memory_per_rank
 
 
@@ -32,7 +32,7 @@ class TokenizerTrainArgs:
     """Options of `imagelm train-tokenizer`; defaults suit the tiny CPU preset."""
     out: str
     data: str = "shapes"
-    preset: str = "vq-tiny"
+    preset: str | None = None           # default "vq-tiny"; with --init, only a check of the source's
     image_size: int | None = None       # default: the preset's
     data_length: int | None = None      # items of a procedural data set (default: its own)
     steps: int = 600
@@ -63,6 +63,7 @@ class TokenizerTrainArgs:
     activation_checkpointing: bool = False  # generators only (transformer blocks); an error here
     compile: bool = False
     log: str = "stdout"                 # "stdout" or "tensorboard"
+    init: str | None = None             # start from this tokenizer checkpoint (ours, or a converted VQ / BAE)
 
 
 def train_tokenizer(args: TokenizerTrainArgs) -> Path:
@@ -79,7 +80,13 @@ def _train(args: TokenizerTrainArgs, rt: runtime.Runtime) -> Path:
     overrides = {"image_size": args.image_size} if args.image_size else {}
     if args.disc_start is not None:
         overrides["disc_start"] = args.disc_start
-    config = tokenizer_config(args.preset, **overrides)
+    source = _init_source(args)
+    if source is None:
+        args = dataclasses.replace(args, preset=args.preset or "vq-tiny")
+        config = tokenizer_config(args.preset, **overrides)
+    else:   # the source's architecture (and loss weights), at the size and disc start asked for
+        args = dataclasses.replace(args, preset=source.meta.get("preset"))
+        config = init.replace_config(source.config, **overrides)
     if args.no_perceptual:
         config = dataclasses.replace(config, perceptual_weight=0.0)
     if args.batch_size % rt.world_size:
@@ -103,7 +110,12 @@ def _train(args: TokenizerTrainArgs, rt: runtime.Runtime) -> Path:
     rt.print(runtime.describe_precision(rt.device, dtype, args.precision))
 
     torch.manual_seed(args.seed)
-    model = build_tokenizer(config).to(rt.device)
+    model = build_tokenizer(config)
+    if source is not None and loop.resume_checkpoint(args.resume, out) is None:
+        state, rows = init.map_state(source.state_dict(), model.state_dict(), args.init, generator_rules=False)
+        model.load_state_dict(state, strict=True)
+        rt.print(init.format_table(rows, f"{source.meta['path']} ({source.meta['kind']})"))
+    model = model.to(rt.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = loop.build_optimizer(model, args.lr, args.weight_decay)
     perceptual = PerceptualLoss(args.perceptual_weights).to(rt.device) if config.perceptual_weight > 0 else None
@@ -119,6 +131,8 @@ def _train(args: TokenizerTrainArgs, rt: runtime.Runtime) -> Path:
             "data": {"name": args.data, "image_size": config.image_size},
             "class_names": list(getattr(dataset, "class_names", [])),
             "train_args": dataclasses.asdict(args)}
+    if source is not None:
+        meta["init"] = {"path": source.meta["path"], "step": source.meta.get("step")}
 
     if fits_in_memory(dataset):
         source = InMemoryImages(dataset, progress=args.progress and rt.is_main, desc=f"rendering {args.data}")
@@ -217,6 +231,17 @@ def _train(args: TokenizerTrainArgs, rt: runtime.Runtime) -> Path:
     if hasattr(dataset, "report") and getattr(dataset, "skipped", 0):
         rt.print(dataset.report())
     return final or checkpoint.resolve(out)
+
+
+def _init_source(args: TokenizerTrainArgs):
+    """The --init tokenizer (with .meta), or None; --preset given beside it must name the same preset."""
+    if not args.init:
+        return None
+    source, meta = init.load_tokenizer_source(args.init)
+    if args.preset is not None and args.preset != meta.get("preset"):
+        raise ValueError(f"--init {args.init} is a {meta.get('preset') or meta['kind']} tokenizer, not --preset "
+                         f"{args.preset}; leave --preset out to keep its architecture")
+    return source
 
 
 def _indices(step: int, n: int, args: TokenizerTrainArgs, rt: runtime.Runtime) -> torch.Tensor:
