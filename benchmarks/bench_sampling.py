@@ -7,8 +7,10 @@ For each preset, dtype and batch (images, each with CFG, so twice the rows), in 
 - compiled: `Engine(compile="on")` (with --compile): its decode step captured by torch.compile
             (CUDA graphs on CUDA); compile time is reported apart and not counted;
 - floor:    the matrix multiplies of one decode step alone (every linear of the trunk and the output
-            heads, in that dtype, on that many rows), times the number of tokens: no implementation
-            of the step can beat it without changing the dtype.
+            heads, in that dtype, on that many rows, with the kernels the samplers use: on CPU
+            oneDNN's packed linears), times the number of tokens: no implementation of the step
+            with those kernels can beat it;
+- mkl:      the same floor with F.linear (MKL) on unpacked weights, the previous kernels, for reference.
 Reported: ms per decode step (per token of each image), the ratios to the floor, images/s, whether
 the engine's tokens equal the plain sampler's (fraction of images; float32 must give 1.00), the KV
 cache's size and the process's peak RSS. Weights are random (speed does not depend on their
@@ -32,7 +34,7 @@ from imagelm.models import build_generator, gpt_config
 from imagelm.runtime import choose_sampling_dtype
 from imagelm.sampling.autoregressive import SamplingOptions, generate
 from imagelm.sampling.engine import Engine
-from imagelm.sampling.precision import prepare_model
+from imagelm.sampling.precision import PackedLinear, prepare_model
 
 
 def cpu_capability() -> str:
@@ -55,7 +57,7 @@ def linears_of_a_step(model: nn.Module) -> list[nn.Module]:
     """Every matrix-multiply module one decode step runs, in order: the trunk's linears, the heads."""
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
     return [m for part in (model.trunk, model.output) for m in part.modules()
-            if isinstance(m, (nn.Linear, Int8Linear))]
+            if isinstance(m, (nn.Linear, Int8Linear, PackedLinear))]
 
 
 @torch.no_grad()
@@ -135,8 +137,8 @@ def main() -> None:
     print(f"# device: {device} — {cpu_capability() if device.type == 'cpu' else torch.cuda.get_device_name(device)}")
     print(f"# auto dtype here: {auto} ({why}); CFG {a.cfg}, top-k {a.top_k}; times are ms per decode step")
     header = (f"{'preset':<7} {'dtype':<9} {'imgs':>4} {'plain':>8} {'eager':>8} {'compiled':>8} {'floor':>8} "
-              f"{'eager/fl':>8} {'comp/fl':>8} {'eag/plain':>9} {'comp/eag':>8} {'img/s':>7} {'same':>5} "
-              f"{'compile s':>9} {'cache MB':>8}")
+              f"{'mkl':>8} {'eager/fl':>8} {'comp/fl':>8} {'eag/mkl':>8} {'eag/plain':>9} {'comp/eag':>8} "
+              f"{'img/s':>7} {'same e':>6} {'same c':>6} {'compile s':>9} {'cache MB':>8}")
     print(header)
     options = SamplingOptions(cfg_scale=a.cfg, top_k=a.top_k)
     nan = float("nan")
@@ -145,33 +147,36 @@ def main() -> None:
         L = base.config.seq_len
         for dtype in dtypes:
             model = prepare_model(base, dtype)        # a converted copy (base stays float32)
+            unpacked = prepare_model(base, dtype, pack=False)
             act = torch.bfloat16 if dtype == "bfloat16" else torch.float32
             for batch in a.batches:
                 cond = torch.arange(batch, device=device) % base.config.num_classes
                 rows = 2 * batch if options.guided else batch
                 floor = gemm_floor_ms(model, rows, device, act, a.reps)
+                mkl = gemm_floor_ms(unpacked, rows, device, act, a.reps)
                 t_eager, tokens, _, cache_mb = engine_run(model, dtype, cond, options, "off", device)
                 t_comp, compile_s = nan, nan
                 if a.compile:
                     t_comp, compiled_tokens, compile_s, _ = engine_run(model, dtype, cond, options, "on", device)
-                plain, same = nan, nan
+                plain, same, same_c = nan, nan, nan
                 if batch <= a.skip_plain_above:    # after the engine's warm-up: the same kernels, warm
                     gen = torch.Generator(device)
                     out = {}
                     plain = timed(lambda: out.setdefault("t", generate(model, cond, options, gen.manual_seed(0))), device)
                     same = (out["t"] == tokens).flatten(1).all(1).float().mean().item()
                     if a.compile:
-                        same = min(same, (out["t"] == compiled_tokens).flatten(1).all(1).float().mean().item())
+                        same_c = (out["t"] == compiled_tokens).flatten(1).all(1).float().mean().item()
                 ms = {k: v / L * 1e3 for k, v in dict(plain=plain, eager=t_eager, comp=t_comp).items()}
                 best = min(t_eager, t_comp) if a.compile else t_eager
                 print(f"{preset:<7} {dtype:<9} {batch:>4} {ms['plain']:>8.2f} {ms['eager']:>8.2f} {ms['comp']:>8.2f} "
-                      f"{floor:>8.2f} {ms['eager'] / floor:>7.2f}x {ms['comp'] / floor:>7.2f}x "
+                      f"{floor:>8.2f} {mkl:>8.2f} {ms['eager'] / floor:>7.2f}x {ms['comp'] / floor:>7.2f}x "
+                      f"{ms['eager'] / mkl:>7.2f}x "
                       f"{ms['plain'] / ms['eager']:>8.2f}x {ms['eager'] / ms['comp']:>7.2f}x {batch / best:>7.2f} "
-                      f"{same:>5.2f} {compile_s:>9.1f} {cache_mb:>8.1f}", flush=True)
+                      f"{same:>6.2f} {same_c:>6.2f} {compile_s:>9.1f} {cache_mb:>8.1f}", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"# peak RSS of this process: {peak:.0f} MB"
           + (f"; CUDA peak {torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MB" if device.type == "cuda" else ""))
-    print("# 'same': fraction of images whose tokens equal the plain sampler's (eager and compiled engine)")
+    print("# 'same e' / 'same c': fraction of images whose tokens equal the plain sampler's (eager / compiled engine)")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def encode_prompts(generator, prompts: list[str], text_encoder=None) -> TextCond
 def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
            cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            seed: int = 0, steps: int = 10, progress: bool = False, text_encoder=None,
-           engine: str = "engine", dtype: str = "auto") -> torch.Tensor:
+           engine: str = "engine", dtype: str = "auto", decode: str = "plain", window: int = 16,
+           compile: str = "auto") -> torch.Tensor:
     """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]; for a text
     generator, prompts (a string or list of B strings) or a TextCondition
     -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
@@ -79,7 +80,9 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
 
     AR generators decode token by token, through the fast engine (`engine="engine"`, in `dtype`:
     auto | float32 | bfloat16 | int8, see sampling/engine.py) or the plain reference sampler
-    (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. Masked (mlm)
+    (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. With
+    `decode="jacobi"` the engine verifies `window` draft tokens per forward pass (speculative Jacobi
+    decoding: fewer passes, the same distribution, another random stream). Masked (mlm)
     generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps)."""
     if n < 1:
         raise ValueError(f"the number of images per condition must be >= 1, got {n}")
@@ -96,14 +99,18 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
     rng = torch.Generator(device).manual_seed(seed)
     if getattr(generator, "kind", "ar") == "mlm":
         return generate_masked(generator, cond, options, steps, rng, progress=progress)
-    if engine == "plain":
+    if engine == "plain" and decode == "plain":
         return generate(generator, cond, options, rng, progress=progress)
     if engine != "engine":
         raise ValueError(f"unknown sampler {engine!r}; choose engine or plain")
     # A fresh engine per call: nothing is kept on (or for) the generator, so a call always samples
     # its current weights. Reuse an Engine of your own to amortise a dtype conversion over calls.
     rows = len(cond) * (2 if options.guided else 1)
-    return Engine(generator, rows=rows, dtype=dtype).generate(cond, options, seed, progress=progress)
+    if decode != "plain" and engine == "plain":
+        raise ValueError("--decode jacobi runs in the engine; drop --engine plain")
+    # One batch: seq_len decode steps, too few for a compile to pay back (auto stays eager).
+    return Engine(generator, rows=rows, dtype=dtype, compile=compile, decode=decode, window=window,
+                  workload=generator.config.seq_len).generate(cond, options, seed, progress=progress)
 
 
 def linked_tokenizer(meta: dict, path=None, device: str | torch.device = "cpu", required: bool = True):

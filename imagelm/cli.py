@@ -179,7 +179,7 @@ def _sample(a) -> None:
     tokens = imagelm.sample(gen, classes, n=a.n, cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule,
                             cfg_interval=a.cfg_interval, temperature=a.temperature, top_k=a.top_k,
                             top_p=a.top_p, seed=a.seed, steps=a.steps, progress=True, engine=a.engine,
-                            dtype=a.dtype)
+                            dtype=a.dtype, decode=a.decode, window=a.window, compile=a.compile)
     if a.tokens_out:
         np.save(a.tokens_out, tokens.cpu().numpy())
         print(f"tokens {tuple(tokens.shape)}: {a.tokens_out}")
@@ -209,7 +209,8 @@ def _say_sampler(gen, a) -> None:
         print("sampler: plain (reference), float32")
     else:
         dtype, why = choose_sampling_dtype(next(gen.parameters()).device, a.dtype)
-        print(f"sampler: engine, {dtype} ({why})")
+        how = f", speculative Jacobi decoding (window {a.window})" if a.decode == "jacobi" else ""
+        print(f"sampler: engine, {dtype} ({why}){how}")
 
 
 def _sample_many(a) -> None:
@@ -217,7 +218,7 @@ def _sample_many(a) -> None:
     out = sample_many(a.ckpt, a.n, a.out, batch_size=a.batch_size, classes=a.classes, cfg_scale=a.cfg,
                       cfg_schedule=a.cfg_schedule, cfg_interval=a.cfg_interval, temperature=a.temperature,
                       top_k=a.top_k, top_p=a.top_p, seed=a.seed, tokenizer=a.tokenizer, device=a.device,
-                      engine=a.engine, dtype=a.dtype)
+                      engine=a.engine, dtype=a.dtype, decode=a.decode, window=a.window, compile=a.compile)
     if out is not None:
         print(f"{a.n} samples (arr_0 uint8 [N, H, W, 3], arr_1 labels): {out}")
 
@@ -268,7 +269,8 @@ def _study(a) -> None:
 def _serve(a) -> None:
     from imagelm.serve import serve
     serve(a.ckpt, host=a.host, port=a.port, device=a.device, dtype=a.dtype, rows=a.rows, max_n=a.max_n,
-          max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer)
+          max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer, decode=a.decode,
+          window=a.window, compile=a.compile)
 
 
 def _convert(a) -> None:
@@ -295,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
                         help="the engine's dtype; auto = bf16 on CUDA / native-bf16 CPUs, int8 weights on "
                              "AVX2-only CPUs (printed)")
+        sp.add_argument("--decode", default="plain", choices=["plain", "jacobi"],
+                        help="AR decoding: one token per step (default), or speculative Jacobi decoding: "
+                             "several tokens per forward pass, the same distribution (another random stream)")
+        sp.add_argument("--window", type=int, default=16, help="Jacobi decoding: draft tokens verified per pass")
+        sp.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="compile the engine's decode step (auto: when it pays, see the README)")
 
     def common(sp, seed=True):
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -488,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work gets to finish on SIGTERM")
     sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
                     help="the engine's dtype (auto: the fastest this device runs natively)")
+    sv.add_argument("--decode", default="plain", choices=["plain", "jacobi"],
+                    help="one token per step, or speculative Jacobi decoding (several per forward pass)")
+    sv.add_argument("--window", type=int, default=16, help="Jacobi decoding: draft tokens verified per pass")
+    sv.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                    help="compile the engine's decode step (auto: on CUDA, and on CPU for small models)")
     common(sv, seed=False)
     sv.set_defaults(func=_serve)
 

@@ -171,6 +171,12 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     B, H, T, hd = q.shape
     KV, S = k.shape[1], k.shape[2]
     g = H // KV
+    if torch.compiler.is_compiling() and T == 1 and g == 1:
+        # Under inductor, products summed over head_dim fuse into one pass over the cache (read once,
+        # in its own dtype), where a matmul per (row, head) reads it at half the bandwidth.
+        scores = (k.float() * (q.float() * hd ** -0.5)).sum(-1).unsqueeze(-2)          # [B, H, 1, S]
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return (probs.transpose(-1, -2) * v.float()).sum(-2, keepdim=True)               # [B, H, 1, hd]
     q = (q.to(k.dtype) * hd ** -0.5).reshape(B, KV, g * T, hd)                         # a group's queries
     scores = (q @ k.transpose(-1, -2)).float()                                          # [B, KV, g*T, S]
     if g > 1:

@@ -31,10 +31,15 @@ def evaluating(model: torch.nn.Module):
         model.train(was_training)
 
 
-def cache_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The KV cache dtype for `model`'s weights: theirs (float32 under int8 weights, whose activations
-    are float32). A bf16 cache reads half the bytes of a float32 one, the decode step's second cost."""
-    return next(model.parameters()).dtype
+def cache_dtype(model: torch.nn.Module, compiled: bool = False) -> torch.dtype:
+    """The KV cache dtype for `model`'s weights: theirs on CUDA; on CPU float32, where float32 matmuls
+    read a slice of the cache in place while bf16 ones copy it first (a bf16 cache made an eager
+    GPT-B step at 16 images slower), except in a compiled step, whose fused attention reads a bf16
+    cache in place: half the bytes (benchmarks/RESULTS.md)."""
+    p = next(model.parameters())
+    if p.device.type == "cuda" or compiled:
+        return p.dtype if p.is_floating_point() else torch.float32
+    return torch.float32
 
 
 def check_given(given: torch.Tensor | None, known: torch.Tensor | None, B: int, L: int, n: int) -> None:

@@ -39,12 +39,14 @@ from imagelm.models.conditioning import cat_conditions
 from imagelm.models.transformer import KVCache
 from imagelm.runtime import SAMPLING_DTYPES, choose_sampling_dtype, int8_available  # noqa: F401
 from imagelm.sampling.autoregressive import cache_dtype, check_given, evaluating
+from imagelm.sampling.jacobi import DEFAULT_WINDOW, JacobiDecoding
 from imagelm.sampling.logits import RowSampling, SamplingOptions, uniforms
 from imagelm.sampling.precision import prepare_model
 from imagelm.sampling.step import DecodeBatch, compile_step, decode_step, row_bucket, sample_images
 
 ENGINE_DTYPES = SAMPLING_DTYPES
 COMPILE_CHOICES = ("auto", "on", "off")
+DECODE_MODES = ("plain", "jacobi")
 
 
 class EngineError(ValueError):
@@ -59,21 +61,32 @@ def choose_engine_dtype(device: torch.device | str, requested: str = "auto", **d
         raise EngineError(str(e)) from None
 
 
-def choose_compile(device: torch.device, requested: str | bool = "auto") -> tuple[bool, str]:
+# Decode steps after which a compiled step has paid for its compile (~40 s for GPT-B on either device,
+# ~15 s for tiny on CPU): CUDA graphs save ~10 ms a GPT-B step over eager kernel launches; on CPU the
+# fused step saved 1.5-2 ms (tiny) to 3-14 ms (GPT-B) a step (benchmarks/RESULTS.md).
+COMPILE_PAYS_AFTER = {"cuda": 4_000, "cpu": 10_000}
+
+
+def choose_compile(device: torch.device, requested: str | bool = "auto", model: nn.Module | None = None,
+                   workload: int | None = None) -> tuple[bool, str]:
     """Whether the engine compiles its decode step, and why: -> (bool, reason).
 
-    auto: on CUDA (CUDA graphs remove the per-operator launch cost that bounds eager decoding
-    there); off on CPU, where it measured no faster for GPT-B and a one-off compile costs more than
-    it saves for a few images (benchmarks/RESULTS.md). "on" / "off" (or True / False) force it.
+    auto: only when the work ahead pays for the compile: `workload` decode steps (None: unknown,
+    e.g. a server) of at least COMPILE_PAYS_AFTER for the device. So a one-batch `imagelm sample`
+    never waits for a compile; a server and a long sample-many do. "on" / "off" (or True / False)
+    force it.
     """
     requested = {True: "on", False: "off"}.get(requested, requested)
     if requested not in COMPILE_CHOICES:
         raise EngineError(f"unknown compile choice {requested!r}; choose one of {', '.join(COMPILE_CHOICES)}")
     if requested != "auto":
         return requested == "on", "as asked"
-    if device.type == "cuda":
-        return True, "CUDA: one captured graph per row bucket"
-    return False, "CPU: eager (compiling measured no faster here)"
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    if workload is not None and workload < COMPILE_PAYS_AFTER[kind]:
+        return False, f"{workload} decode steps ahead: too few to pay for a compile"
+    if kind == "cpu":
+        return True, "CPU, long-running: inductor fuses the step's small operators and its attention"
+    return True, "CUDA, long-running: one captured graph per row bucket"
 
 
 @dataclass(eq=False)
@@ -93,6 +106,7 @@ class Request:
     generator: torch.Generator | None = None
     given: torch.Tensor | None = None       # [n, L, n_sub] tokens fixed in advance (editing), with
     known: torch.Tensor | None = None       # [n, L] bool: where they are
+    jacobi: object = None                   # its windows, under speculative Jacobi decoding
 
     @property
     def finished(self) -> bool:
@@ -114,11 +128,15 @@ class Engine:
 
     model: an AR generator (imagelm.load); dtype: auto | float32 | bfloat16 | int8 (see
     runtime.choose_sampling_dtype; another dtype than the model's means a converted copy, the
-    caller's model is never changed); compile: auto | on | off (see choose_compile).
+    caller's model is never changed); compile: auto | on | off (see choose_compile); decode: "plain"
+    (one token per image a step) or "jacobi" (speculative Jacobi decoding, sampling/jacobi.py:
+    several tokens a step, same distribution, other random stream; eager only) with `window` drafts;
+    workload: the decode steps expected (None: unknown, e.g. a server), for compile="auto".
     Thread-safe for `submit`/`cancel` from other threads while one thread calls `step`.
     """
 
-    def __init__(self, model: nn.Module, rows: int = 32, dtype: str = "auto", compile: str | bool = "auto"):
+    def __init__(self, model: nn.Module, rows: int = 32, dtype: str = "auto", compile: str | bool = "auto",
+                 decode: str = "plain", window: int = DEFAULT_WINDOW, workload: int | None = None):
         if getattr(model, "kind", "ar") != "ar":
             raise EngineError("the engine decodes autoregressive generators; masked (mlm) generators use "
                               "their own parallel sampler")
@@ -134,8 +152,18 @@ class Engine:
         self.config, self.rows = config, rows
         self.prefix_len, self.length = config.cls_token_num, config.seq_len
         self.n_sub = config.num_subtokens
-        self.cache = KVCache(config, rows, cache_dtype(self.model), self.device)
-        self.compiled, self.compile_reason = choose_compile(self.device, compile)
+        if decode not in DECODE_MODES:
+            raise EngineError(f"unknown decode {decode!r}; choose one of {', '.join(DECODE_MODES)}")
+        if decode == "jacobi" and compile in (True, "on"):
+            raise EngineError("speculative Jacobi decoding runs eager; use compile off or auto")
+        self.decode = decode
+        self.compiled, self.compile_reason = (False, "Jacobi decoding runs eager") if decode == "jacobi" \
+            else choose_compile(self.device, compile, self.model, workload)
+        try:
+            self._jacobi = JacobiDecoding(self, window) if decode == "jacobi" else None
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        self.cache = KVCache(config, rows, cache_dtype(self.model, self.compiled), self.device)
         self._inputs = torch.zeros(rows + 1, self.n_sub, dtype=torch.long, device=self.device)  # + trash row
         self._positions = torch.zeros(rows, dtype=torch.long, device=self.device)
         self._token_index = torch.zeros(rows, dtype=torch.long, device=self.device)   # per image slot
@@ -333,10 +361,15 @@ class Engine:
             else:
                 self._batch = self._build_batch(self._running, identity, used)
             self._spans = self._image_spans(self._running)
+            if self._jacobi is not None:
+                self._jacobi.batch_changed()
             for r, start, end in self._spans:
                 self._token_index[start:end] = r.generated
         batch = self._batch
-        if not self.compiled:   # eager reads keys only up to the longest row's position
+        if self._jacobi is not None:
+            self._jacobi.step(batch)
+            return
+        if not (self.compiled and self.device.type == "cuda"):   # read keys only up to the longest row's position
             batch = dataclasses.replace(batch, key_length=self.prefix_len + max(r.generated for r in self._running))
         u = self._uniforms(self._running, batch.images)
         tokens = self._step(self.model, self.cache, self._inputs, self._positions, batch,
@@ -394,5 +427,7 @@ class Engine:
         self._inputs[batch.write_null] = tokens
         self._positions[row_ids] = P                                                    # token 0 sits at P
         self._record(tokens, self._image_spans(admitted))
+        if self._jacobi is not None:
+            self._jacobi.start(admitted, logits, batch)
         self._running += admitted
         self._batch = None

@@ -36,7 +36,8 @@ def chunk_seed(seed: int, chunk: int) -> int:
 def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale: float = 2.0,
                 cfg_schedule: str = "constant", cfg_interval: int = -1, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, tokenizer=None, device: str | None = None,
-                progress: bool = True, engine: str = "engine", dtype: str = "auto") -> Path | None:
+                progress: bool = True, engine: str = "engine", dtype: str = "auto", decode: str = "plain",
+                window: int = 16, compile: str = "auto") -> Path | None:
     """Sample n images from the generator at `ckpt` into `out` (.npz with arr_0 uint8 [n, H, W, 3],
     arr_1 labels [n]). Returns `out`, or None on ranks other than 0 / when chunks are still missing."""
     import imagelm
@@ -62,7 +63,8 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
             dtype = runtime.choose_sampling_dtype(rt.device, dtype)[0]
         plan = {"ckpt": gen.meta["path"], "n": n, "batch_size": batch_size, "seed": seed, "classes": ids,
                 "cfg_scale": cfg_scale, "cfg_schedule": cfg_schedule, "cfg_interval": cfg_interval,
-                "temperature": temperature, "top_k": top_k, "top_p": top_p, "engine": engine, "dtype": dtype}
+                "temperature": temperature, "top_k": top_k, "top_p": top_p, "engine": engine, "dtype": dtype,
+                "decode": decode, "window": window if decode == "jacobi" else None}
         if rt.is_main:
             _start_or_check(parts, plan)
         runtime.barrier(rt)
@@ -76,7 +78,8 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, cfg_scale
             cond = torch.from_numpy(labels[c * batch_size:(c + 1) * batch_size])
             tokens = imagelm.sample(gen, cond, n=1, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
                                     cfg_interval=cfg_interval, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, seed=chunk_seed(seed, c), engine=engine, dtype=dtype)
+                                    top_p=top_p, seed=chunk_seed(seed, c), engine=engine, dtype=dtype,
+                                    decode=decode, window=window, compile=compile)
             images = to_uint8(imagelm.decode_tokens(tokens, tok).float())  # [b, H, W, 3]
             write_npz_atomic(_chunk_path(parts, c), arr_0=images, arr_1=cond.numpy())
         runtime.barrier(rt)

@@ -89,13 +89,16 @@ def decode_step(model, cache: KVCache, inputs: torch.Tensor, positions: torch.Te
 
 
 def compile_step(device: torch.device):
-    """decode_step compiled for `device`: CUDA graphs on CUDA (`reduce-overhead`), inductor's fused
-    kernels on CPU. Static shapes only (one graph per row bucket and filter set), so continuous
-    batching never recompiles within a bucket."""
+    """decode_step compiled for `device`: CUDA graphs on CUDA (`reduce-overhead`, static shapes: one
+    graph per row bucket and filter set, all keys under the mask), inductor's fused kernels on CPU
+    (rows bucketed, key length dynamic), so continuous batching never recompiles within a bucket."""
     import torch._dynamo
     config = torch._dynamo.config
     # Row buckets x filter sets: more graphs than dynamo's default limit of 8 per function.
     if getattr(config, "recompile_limit", 64) < 64:
         config.recompile_limit = 64
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    return torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+    if device.type == "cuda":
+        return torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    # CPU: no graphs to replay, so the key length may vary (one recompile makes it symbolic): a
+    # step then reads only the keys written so far, half of them on average.
+    return torch.compile(decode_step, fullgraph=True, dynamic=None)

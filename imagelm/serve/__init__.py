@@ -18,7 +18,8 @@ def create_app(*args, **kwargs):
 
 
 def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: str = "auto", rows: int = 32,
-          max_n: int = 16, max_pending: int = 64, grace_s: float = 10.0, tokenizer=None) -> None:
+          max_n: int = 16, max_pending: int = 64, grace_s: float = 10.0, tokenizer=None, decode: str = "plain",
+          window: int = 16, compile: str = "auto") -> None:
     """Load the generator at `ckpt` and serve it on host:port until SIGINT/SIGTERM (uvicorn, one
     process, one engine). On shutdown, in-flight requests get `grace_s` seconds to finish."""
     try:
@@ -39,7 +40,8 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: s
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = imagelm.load(ckpt, device)
     tok = imagelm.linked_tokenizer(gen.meta, tokenizer, device)
-    app = _create_app(gen, tok, rows=rows, dtype=dtype, max_n=max_n, max_pending=max_pending, grace_s=grace_s)
+    app = _create_app(gen, tok, rows=rows, dtype=dtype, max_n=max_n, max_pending=max_pending, grace_s=grace_s,
+                      engine_options=dict(decode=decode, window=window, compile=compile))
     info = app.state.info
     print(f"serving {info['model']} ({info['conditioning']}-conditional, engine {info['engine']['dtype']}: "
           f"{info['engine']['why']}, {rows} rows) on http://{host}:{port}/  (playground at /, API at /v1/images)",

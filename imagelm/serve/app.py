@@ -126,11 +126,13 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 
 def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max_n: int = 16,
-               max_pending: int = 64, grace_s: float = 10.0, text_encoder=None) -> FastAPI:
+               max_pending: int = 64, grace_s: float = 10.0, text_encoder=None,
+               engine_options: dict | None = None) -> FastAPI:
     """The FastAPI app serving `generator` (an AR generator from imagelm.load) and decoding with
     `tokenizer` (imagelm.linked_tokenizer). One engine of `rows` cache rows in `dtype`; at most
     `max_n` images a request and `max_pending` requests queued or decoding; on shutdown, in-flight
-    work gets `grace_s` seconds to finish before it is cancelled."""
+    work gets `grace_s` seconds to finish before it is cancelled. engine_options: more Engine
+    arguments (decode, window, compile)."""
     from imagelm.api import decode_tokens, encode_prompts, resolve_classes
     from imagelm.data.transforms import to_uint8
 
@@ -138,7 +140,7 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
     text = config.cond == "text"
     if max_n < 1:
         raise ValueError(f"max_n must be >= 1, got {max_n}")
-    engine = Engine(generator, rows=rows, dtype=dtype)
+    engine = Engine(generator, rows=rows, dtype=dtype, **(engine_options or {}))
     worker = EngineWorker(engine, lambda tokens: to_uint8(decode_tokens(tokens, tokenizer).float()),
                           max_pending=max_pending)
     if text and text_encoder is None:
@@ -158,7 +160,8 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
         "text_encoder": (meta.get("text_encoder") if text else None),
         "tokens": config.seq_len, "image_size": getattr(tokenizer.config, "image_size", None),
         "tokenizer": {"kind": type(tokenizer).__name__, "path": (meta.get("tokenizer") or {}).get("path")},
-        "engine": {"dtype": engine.dtype, "why": engine.dtype_reason, "rows": engine.rows},
+        "engine": {"dtype": engine.dtype, "why": engine.dtype_reason, "rows": engine.rows,
+                   "decode": engine.decode, "compiled": engine.compiled},
         "limits": {"max_n": max_n, "max_pending": max_pending, "max_body_bytes": MAX_BODY_BYTES,
                    "max_prompt_chars": MAX_PROMPT_CHARS if text else None},
         "cfg_schedules": list(CFG_SCHEDULES), "fields": fields,
