@@ -1,19 +1,24 @@
-"""Sampling speed: the plain sampler vs the engine vs the GEMM floor, per dtype and batch size.
+"""Sampling speed: the plain sampler vs the engine (eager and compiled) vs the GEMM floor, per dtype
+and batch size.
 
 For each preset, dtype and batch (images, each with CFG, so twice the rows), in the same run:
-- plain:  `sampling.autoregressive.generate` on the model in that dtype (the reference sampler);
-- engine: `sampling.engine.Engine` with as many rows as the batch needs, all requests admitted at once;
-- floor:  the matrix multiplies of one decode step alone (every linear of the trunk and the output
-          heads, in that dtype, on that many rows), times the number of tokens: no implementation
-          of the step can beat it without changing the dtype.
-Reported: ms per decode step (per token of each image), images/s, the ratios engine/plain (speed-up)
-and engine/floor (distance from the limit), the KV cache's size and the process's peak RSS. Weights
-are random (speed does not depend on their values); a warm-up of 16 steps of the same batch runs
-before each timing and is not counted.
+- plain:    `sampling.autoregressive.generate` on the model in that dtype (the reference sampler);
+- eager:    `sampling.engine.Engine(compile="off")`, all requests admitted at once;
+- compiled: `Engine(compile="on")` (with --compile): its decode step captured by torch.compile
+            (CUDA graphs on CUDA); compile time is reported apart and not counted;
+- floor:    the matrix multiplies of one decode step alone (every linear of the trunk and the output
+            heads, in that dtype, on that many rows, with the kernels the samplers use: on CPU
+            oneDNN's packed linears), times the number of tokens: no implementation of the step
+            with those kernels can beat it;
+- mkl:      the same floor with F.linear (MKL) on unpacked weights, the previous kernels, for reference.
+Reported: ms per decode step (per token of each image), the ratios to the floor, images/s, whether
+the engine's tokens equal the plain sampler's (fraction of images; float32 must give 1.00), the KV
+cache's size and the process's peak RSS. Weights are random (speed does not depend on their
+values); a warm-up of 16 steps of the same batch runs before each timing and is not counted.
 
     python benchmarks/bench_sampling.py                                  # tiny and GPT-B, 1/4/16/64 images
-    python benchmarks/bench_sampling.py --preset GPT-B --batches 1 16 --dtypes float32 bfloat16
-    python benchmarks/bench_sampling.py --device cuda
+    python benchmarks/bench_sampling.py --presets GPT-B --batches 1 16 --dtypes float32 bfloat16 --compile
+    python benchmarks/bench_sampling.py --device cuda --compile
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ import torch
 import torch.nn as nn
 
 from imagelm.models import build_generator, gpt_config
-from imagelm.sampling.autoregressive import SamplingOptions, generate
 from imagelm.runtime import choose_sampling_dtype
-from imagelm.sampling.engine import Engine, prepare_model
+from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.engine import Engine
+from imagelm.sampling.precision import PackedLinear, prepare_model
 
 
 def cpu_capability() -> str:
@@ -51,7 +57,7 @@ def linears_of_a_step(model: nn.Module) -> list[nn.Module]:
     """Every matrix-multiply module one decode step runs, in order: the trunk's linears, the heads."""
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
     return [m for part in (model.trunk, model.output) for m in part.modules()
-            if isinstance(m, (nn.Linear, Int8Linear))]
+            if isinstance(m, (nn.Linear, Int8Linear, PackedLinear))]
 
 
 @torch.no_grad()
@@ -98,6 +104,18 @@ def random_model(preset: str, device: torch.device, grid: int | None) -> nn.Modu
     return model
 
 
+def engine_run(model, dtype, cond, options, compile, device):
+    """(seconds of one whole batch through a warmed-up engine, its tokens, compile/warm-up seconds, cache MB)."""
+    rows = len(cond) * (2 if options.guided else 1)
+    start = time.perf_counter()
+    engine = Engine(model, rows=rows, dtype=dtype, compile=compile)
+    warm_up(engine, cond, options)
+    warm = time.perf_counter() - start
+    out = {}
+    seconds = timed(lambda: out.setdefault("tokens", engine.generate(cond, options, seed=0)), device)
+    return seconds, out["tokens"], warm, engine.cache.nbytes / 2 ** 20
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny", "GPT-B"])
@@ -107,6 +125,7 @@ def main() -> None:
     p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--grid", type=int, default=None, help="override the token grid (default: the preset's)")
+    p.add_argument("--compile", action="store_true", help="also time the compiled engine")
     p.add_argument("--skip-plain-above", type=int, default=1_000_000,
                    help="skip the (slow) plain sampler for batches larger than this")
     p.add_argument("--device", default="cpu")
@@ -117,36 +136,47 @@ def main() -> None:
     dtypes = a.dtypes or (["float32"] + ([auto] if auto != "float32" else []))
     print(f"# device: {device} — {cpu_capability() if device.type == 'cpu' else torch.cuda.get_device_name(device)}")
     print(f"# auto dtype here: {auto} ({why}); CFG {a.cfg}, top-k {a.top_k}; times are ms per decode step")
-    header = (f"{'preset':<7} {'dtype':<9} {'imgs':>4} {'plain ms':>9} {'engine ms':>9} {'floor ms':>9} "
-              f"{'eng/plain':>9} {'eng/floor':>9} {'img/s eng':>9} {'img/s plain':>11} {'cache MB':>8}")
+    header = (f"{'preset':<7} {'dtype':<9} {'imgs':>4} {'plain':>8} {'eager':>8} {'compiled':>8} {'floor':>8} "
+              f"{'mkl':>8} {'eager/fl':>8} {'comp/fl':>8} {'eag/mkl':>8} {'eag/plain':>9} {'comp/eag':>8} "
+              f"{'img/s':>7} {'same e':>6} {'same c':>6} {'compile s':>9} {'cache MB':>8}")
     print(header)
     options = SamplingOptions(cfg_scale=a.cfg, top_k=a.top_k)
+    nan = float("nan")
     for preset in a.presets:
         base = random_model(preset, device, a.grid)
         L = base.config.seq_len
         for dtype in dtypes:
             model = prepare_model(base, dtype)        # a converted copy (base stays float32)
+            unpacked = prepare_model(base, dtype, pack=False)
             act = torch.bfloat16 if dtype == "bfloat16" else torch.float32
             for batch in a.batches:
                 cond = torch.arange(batch, device=device) % base.config.num_classes
                 rows = 2 * batch if options.guided else batch
                 floor = gemm_floor_ms(model, rows, device, act, a.reps)
-                engine = Engine(model, rows=rows, dtype=dtype)
-                warm_up(engine, cond, options)
-                t_engine = timed(lambda: engine.generate(cond, options, seed=0), device)
-                plain = None
+                mkl = gemm_floor_ms(unpacked, rows, device, act, a.reps)
+                t_eager, tokens, _, cache_mb = engine_run(model, dtype, cond, options, "off", device)
+                t_comp, compile_s = nan, nan
+                if a.compile:
+                    t_comp, compiled_tokens, compile_s, _ = engine_run(model, dtype, cond, options, "on", device)
+                plain, same, same_c = nan, nan, nan
                 if batch <= a.skip_plain_above:    # after the engine's warm-up: the same kernels, warm
                     gen = torch.Generator(device)
-                    plain = timed(lambda: generate(model, cond, options, gen.manual_seed(0)), device)
-                cache_mb = sum(c.k.numel() * c.k.element_size() * 2 for c in engine._caches) / 2 ** 20
-                ms_engine, ms_plain = t_engine / L * 1e3, (plain / L * 1e3 if plain else float("nan"))
-                print(f"{preset:<7} {dtype:<9} {batch:>4} {ms_plain:>9.2f} {ms_engine:>9.2f} {floor:>9.2f} "
-                      f"{ms_plain / ms_engine:>8.2f}x {ms_engine / floor:>8.2f}x {batch / t_engine:>9.2f} "
-                      f"{(batch / plain if plain else float('nan')):>11.2f} {cache_mb:>8.1f}", flush=True)
-                del engine
+                    out = {}
+                    plain = timed(lambda: out.setdefault("t", generate(model, cond, options, gen.manual_seed(0))), device)
+                    same = (out["t"] == tokens).flatten(1).all(1).float().mean().item()
+                    if a.compile:
+                        same_c = (out["t"] == compiled_tokens).flatten(1).all(1).float().mean().item()
+                ms = {k: v / L * 1e3 for k, v in dict(plain=plain, eager=t_eager, comp=t_comp).items()}
+                best = min(t_eager, t_comp) if a.compile else t_eager
+                print(f"{preset:<7} {dtype:<9} {batch:>4} {ms['plain']:>8.2f} {ms['eager']:>8.2f} {ms['comp']:>8.2f} "
+                      f"{floor:>8.2f} {mkl:>8.2f} {ms['eager'] / floor:>7.2f}x {ms['comp'] / floor:>7.2f}x "
+                      f"{ms['eager'] / mkl:>7.2f}x "
+                      f"{ms['plain'] / ms['eager']:>8.2f}x {ms['eager'] / ms['comp']:>7.2f}x {batch / best:>7.2f} "
+                      f"{same:>6.2f} {same_c:>6.2f} {compile_s:>9.1f} {cache_mb:>8.1f}", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"# peak RSS of this process: {peak:.0f} MB"
           + (f"; CUDA peak {torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MB" if device.type == "cuda" else ""))
+    print("# 'same e' / 'same c': fraction of images whose tokens equal the plain sampler's (eager / compiled engine)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 import torch
 
 from imagelm.models import build_generator, gpt_config
+from imagelm.models.transformer import KVCache
 from imagelm.sampling.autoregressive import SamplingOptions, generate
 from imagelm.train.generator import token_loss
 
@@ -21,11 +22,15 @@ def kv_vs_full(model, cond, dtype):
     model = model.to(dtype)
     L = model.config.seq_len
     tokens = torch.randint(0, model.config.vocab_size, (cond.shape[0], L, 1), device=cond.device)
+    P = model.config.cls_token_num
     with torch.no_grad():
         full = model(tokens, cond)
-        model.setup_caches(cond.shape[0])
-        steps = [model.prefill(cond)] + [model.decode(tokens[:, i], i) for i in range(L - 1)]
-        model.clear_caches()
+        cache = KVCache(model.config, cond.shape[0], dtype, cond.device)
+        prefix, mask = model.embed_condition(cond)
+        steps = [model.logits(prefix, torch.arange(P, device=cond.device), cache, mask, last=1)[:, 0]]
+        for i in range(L - 1):
+            h = model.embed_tokens(tokens[:, i:i + 1])
+            steps.append(model.logits(h, torch.tensor([P + i], device=cond.device), cache)[:, 0])
     return (full - torch.stack(steps, 1)).abs().max().item(), full.abs().max().item()
 
 

@@ -33,7 +33,8 @@ def load(path, device: str | torch.device = "cpu", prefer_ema: bool = True) -> t
 def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
            cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            seed: int = 0, steps: int = 10, progress: bool = False, text_encoder=None,
-           engine: str = "engine", dtype: str = "auto") -> torch.Tensor:
+           engine: str = "engine", dtype: str = "auto", decode: str = "plain", window: int = 16,
+           compile: str = "auto") -> torch.Tensor:
     """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]; for a text
     generator, prompts (a string or list of B strings) or a TextCondition
     -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
@@ -41,10 +42,13 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
 
     AR generators decode token by token, through the fast engine (`engine="engine"`, in `dtype`:
     auto | float32 | bfloat16 | int8, see sampling/engine.py) or the plain reference sampler
-    (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. Masked (mlm)
+    (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. With
+    `decode="jacobi"` the engine verifies `window` draft tokens per forward pass (speculative Jacobi
+    decoding: fewer passes, the same distribution, another random stream). Masked (mlm)
     generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps)."""
     options = SamplingOptions(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
-    sampler = Sampler(options, steps=steps, engine=engine, dtype=dtype)
+    sampler = Sampler(options, steps=steps, engine=engine, dtype=dtype, decode=decode, window=window,
+                      compile=compile)
     return sample_tokens(generator, as_condition(generator, cond, text_encoder), n, sampler, seed, progress)
 
 

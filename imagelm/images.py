@@ -32,21 +32,37 @@ from imagelm.sampling.masked import generate_masked
 from imagelm.vocab import TokenLayout
 
 SAMPLERS = ("engine", "plain")
+DECODES = ("plain", "jacobi")
+COMPILES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
 class Sampler:
     """How tokens are drawn: the logits maths (`options`), and the machinery: AR generators through
     the fast `engine` (in `dtype`: auto | float32 | bfloat16 | int8) or the `plain` reference
-    sampler; masked generators in `steps` parallel steps."""
+    sampler; masked generators in `steps` parallel steps. The engine decodes one token per step
+    (`decode="plain"`) or verifies `window` draft tokens per forward pass (`decode="jacobi"`,
+    speculative Jacobi decoding: the same distribution, another random stream), eager or with its
+    step compiled (`compile`: auto | on | off; auto compiles only when the work pays it back)."""
     options: SamplingOptions = field(default_factory=SamplingOptions)
     steps: int = 10
     engine: str = "engine"
     dtype: str = "auto"
+    decode: str = "plain"
+    window: int = 16
+    compile: str = "auto"
 
     def __post_init__(self):
         if self.engine not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.engine!r}; choose engine or plain")
+        if self.decode not in DECODES:
+            raise ValueError(f"unknown decoding {self.decode!r}; choose plain or jacobi")
+        if self.compile not in COMPILES:
+            raise ValueError(f"--compile must be auto, on or off, got {self.compile!r}")
+        if self.decode == "jacobi" and self.engine == "plain":
+            raise ValueError("--decode jacobi runs in the engine; drop --engine plain")
+        if self.window < 1:
+            raise ValueError(f"--window must be >= 1, got {self.window}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
 
@@ -182,7 +198,7 @@ def sample_tokens(generator, cond, n: int = 1, sampler: Sampler = Sampler(), see
     if sampler.engine == "plain":
         return generate(generator, cond, options, seeded_generator(seed, device), progress=progress)
     rows = len(cond) * (2 if options.guided else 1)
-    return engine_for(generator, rows, sampler.dtype).generate(cond, options, seed, progress=progress)
+    return engine_for(generator, rows, sampler).generate(cond, options, seed, progress=progress)
 
 
 def describe_sampler(generator, sampler: Sampler) -> str:
@@ -192,7 +208,8 @@ def describe_sampler(generator, sampler: Sampler) -> str:
     if sampler.engine == "plain":
         return "sampler: plain (reference), float32"
     dtype, why = choose_sampling_dtype(next(generator.parameters()).device, sampler.dtype)
-    return f"sampler: engine, {dtype} ({why})"
+    how = f", speculative Jacobi decoding (window {sampler.window})" if sampler.decode == "jacobi" else ""
+    return f"sampler: engine, {dtype} ({why}){how}"
 
 
 # One engine, for the model sampled last: the cache holds the model weakly and the engine only while
@@ -207,16 +224,19 @@ def _fingerprint(model) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
-def engine_for(generator, rows: int, dtype: str = "auto") -> Engine:
-    """An Engine over `generator`'s current weights with at least `rows` cache rows in `dtype`,
-    reused while the same model is sampled again with unchanged weights."""
-    key = (_fingerprint(generator), dtype)
+def engine_for(generator, rows: int, sampler: Sampler = Sampler()) -> Engine:
+    """An Engine over `generator`'s current weights with at least `rows` cache rows, in the
+    sampler's dtype, decoding and compile setting, reused while the same model is sampled again
+    with unchanged weights."""
+    key = (_fingerprint(generator), sampler.dtype, sampler.decode, sampler.window, sampler.compile)
     with _cache_lock:
         ref, old_key, engine = _cached.get("model"), _cached.get("key"), _cached.get("engine")
         if ref is not None and ref() is generator and old_key == key and engine.rows >= rows:
             return engine
         _cached.clear()                  # free the old engine's caches (and weight copy) first
-    engine = Engine(generator, rows=rows, dtype=dtype)
+    # workload: one batch of seq_len steps; `compile="auto"` compiles only for much more than that.
+    engine = Engine(generator, rows=rows, dtype=sampler.dtype, compile=sampler.compile, decode=sampler.decode,
+                    window=sampler.window, workload=generator.config.seq_len)
     with _cache_lock:
         _cached.update(model=weakref.ref(generator), key=key, engine=engine)
     return engine

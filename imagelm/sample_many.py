@@ -67,7 +67,9 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, sampler: 
         plan = {"ckpt": str(gen.meta.path), "n": n, "batch_size": batch_size, "seed": seed, "classes": ids,
                 "cfg_scale": o.cfg_scale, "cfg_schedule": o.cfg_schedule, "cfg_interval": o.cfg_interval,
                 "temperature": o.temperature, "top_k": o.top_k, "top_p": o.top_p, "engine": sampler.engine,
-                "dtype": sampler.dtype, "steps": sampler.steps}
+                "dtype": sampler.dtype, "steps": sampler.steps,
+                # only Jacobi runs record the decoding, so plans written before it existed still resume
+                **({"decode": "jacobi", "window": sampler.window} if sampler.decode == "jacobi" else {})}
         if rt.is_main:
             _start_or_check(parts, plan)
         runtime.barrier(rt)

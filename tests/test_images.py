@@ -20,13 +20,13 @@ def _model(**kw):
 
 def test_engine_is_reused_until_the_weights_change_and_never_stored_on_the_model():
     model = _model()
-    a = engine_for(model, 4, "bfloat16")
-    assert engine_for(model, 2, "bfloat16") is a                      # same weights, enough rows
-    assert engine_for(model, 8, "bfloat16") is not a                  # more rows: a bigger one
-    b = engine_for(model, 8, "bfloat16")
+    a = engine_for(model, 4, Sampler(dtype="bfloat16"))
+    assert engine_for(model, 2, Sampler(dtype="bfloat16")) is a                      # same weights, enough rows
+    assert engine_for(model, 8, Sampler(dtype="bfloat16")) is not a                  # more rows: a bigger one
+    b = engine_for(model, 8, Sampler(dtype="bfloat16"))
     with torch.no_grad():
         model.trunk.norm.weight.mul_(1.5)                             # an in-place update (as EMA / optimizer)
-    assert engine_for(model, 8, "bfloat16") is not b
+    assert engine_for(model, 8, Sampler(dtype="bfloat16")) is not b
     assert not any(isinstance(v, images.Engine) for v in vars(model).values())   # nothing cached on the model
     assert "_engines" not in vars(model)
     opts = Sampler(SamplingOptions(cfg_scale=2.0), dtype="bfloat16")

@@ -100,6 +100,17 @@ def dtype(sp: argparse.ArgumentParser) -> None:
                          "CPUs (printed)")
 
 
+def decoding(sp: argparse.ArgumentParser) -> None:
+    """How the engine decodes an AR generator: one token a step or speculative Jacobi decoding, and
+    whether its step is compiled."""
+    sp.add_argument("--decode", default="plain", choices=["plain", "jacobi"],
+                    help="AR decoding: one token per step (default), or speculative Jacobi decoding: several "
+                         "tokens per forward pass, the same distribution (another random stream)")
+    sp.add_argument("--window", type=int, default=16, help="Jacobi decoding: draft tokens verified per pass")
+    sp.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                    help="compile the engine's decode step (auto: only when the work pays the compile back)")
+
+
 def sampling(sp: argparse.ArgumentParser) -> None:
     """How tokens are drawn: guidance, temperature, top-k/top-p, the masked sampler's steps, the engine."""
     from imagelm.sampling.logits import CFG_SCHEDULES
@@ -114,6 +125,7 @@ def sampling(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--engine", default="engine", choices=["engine", "plain"],
                     help="AR decoding: the fast engine (default) or the plain reference sampler")
     dtype(sp)
+    decoding(sp)
 
 
 def sampler(a: argparse.Namespace):
@@ -121,7 +133,8 @@ def sampler(a: argparse.Namespace):
     from imagelm.images import Sampler
     from imagelm.sampling.autoregressive import SamplingOptions
     options = SamplingOptions(a.cfg, a.cfg_schedule, a.cfg_interval, a.temperature, a.top_k, a.top_p)
-    return Sampler(options, steps=a.steps, engine=a.engine, dtype=a.dtype)
+    return Sampler(options, steps=a.steps, engine=a.engine, dtype=a.dtype, decode=a.decode, window=a.window,
+                   compile=a.compile)
 
 
 def tokenizer(sp: argparse.ArgumentParser, required: bool = False) -> None:

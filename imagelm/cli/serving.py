@@ -8,7 +8,8 @@ def serve(a) -> None:
     from imagelm.serve import serve
     serve(a.ckpt, host=a.host, port=a.port, device=a.device, dtype=a.dtype, rows=a.rows, max_n=a.max_n,
           max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer, api_keys=a.api_key,
-          cors_origins=a.cors_origin, timeout_s=a.timeout)
+          cors_origins=a.cors_origin, timeout_s=a.timeout,
+          decode=a.decode, window=a.window, compile=a.compile)
 
 
 def register(sub) -> None:
@@ -22,6 +23,7 @@ def register(sub) -> None:
     sv.add_argument("--max-queue", type=int, default=64, help="requests queued or decoding at once; more get 429")
     sv.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work gets to finish on SIGTERM")
     flags.dtype(sv)
+    flags.decoding(sv)
     sv.add_argument("--api-key", action="append", default=None, metavar="KEY",
                     help="require 'Authorization: Bearer KEY' on the API (repeatable; default: $IMAGELM_API_KEY)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",

@@ -1,6 +1,6 @@
-"""What every generator shares: the condition embedder, token input/output for n sub-tokens, and the
-Llama trunk. The autoregressive (`ar.py`) and masked (`mlm.py`) generators differ only in whether the
-trunk is causal and in how they use it."""
+"""What every generator shares: the condition embedder, token input/output for n sub-tokens, the
+Llama trunk, and the one forward every use goes through (`logits`). The autoregressive (`ar.py`) and
+masked (`mlm.py`) generators differ only in whether the trunk is causal and in how they use it."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +9,7 @@ import torch.nn as nn
 from imagelm.models.conditioning import CaptionEmbedder, ClassEmbedder
 from imagelm.models.embedding import SubTokenEmbedding, SubTokenHeads, TiedMLMHead
 from imagelm.models.presets import GPTConfig
-from imagelm.models.transformer import Transformer
+from imagelm.models.transformer import KVCache, Transformer
 
 
 class GeneratorBase(nn.Module):
@@ -44,6 +44,33 @@ class GeneratorBase(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
         self.output.reset_parameters()
+
+    def embed_condition(self, cond) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """cond (class ids [B] or a TextCondition) -> (prefix embeddings [B, P, dim], prefix mask [B, P]
+        bool with False at caption padding, or None when nothing is padded). Never dropped to null
+        (training's condition dropout is `prefix_with_mask`)."""
+        return self.cond_embedder(cond), self.cond_embedder.prefix_mask(cond)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens [B, T, n] int64 -> input embeddings [B, T, dim]."""
+        return self.tok_embeddings(tokens)
+
+    def logits(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+               mask: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+               key_length: int | None = None, last: int | None = None) -> torch.Tensor:
+        """The one forward of every use: input embeddings h [B, T, dim] (prefix and/or image tokens) at
+        sequence positions [T] or [B, T] -> logits [B, T', n, V] float32 of the last T' = `last`
+        positions (None: all T).
+
+        Training and teacher forcing call it without a cache; samplers pass the KVCache they own, with
+        T = P for a prefill, 1 for a decode step, k for a k-token verify step (see
+        Transformer.forward for cache, mask, rows and key_length). Position j's logits predict the
+        image token at sequence position j + 1 for the AR generator, position j's own for the MLM.
+        """
+        h = self.trunk(h, positions, cache, mask, rows, key_length)
+        if last is not None:
+            h = h[:, h.shape[1] - last:]
+        return self.output(h).float()
 
     @property
     def prefix_len(self) -> int:

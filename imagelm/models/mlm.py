@@ -32,12 +32,13 @@ class MaskedGenerator(GeneratorBase):
         squeeze = tokens.dim() == 2
         if squeeze:
             tokens = tokens.unsqueeze(-1)
-        x = self.tok_embeddings(tokens)                                                  # [B, L, dim]
+        x = self.embed_tokens(tokens)                                                    # [B, L, dim]
         x = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
         prefix, prefix_mask = self.prefix_with_mask(cond)                                # [B, P, dim]
         h = self.token_dropout(torch.cat([prefix, x], dim=1))                            # [B, P+L, dim]
-        h = self.trunk(h, torch.arange(h.shape[1], device=h.device), self.sequence_mask(prefix_mask, h.shape[1]))
-        logits = self.output(h[:, self.prefix_len:]).float()                             # [B, L, n, V]
+        T = h.shape[1]
+        logits = self.logits(h, torch.arange(T, device=h.device), mask=self.sequence_mask(prefix_mask, T),
+                             last=x.shape[1])                                            # [B, L, n, V]
         return logits.squeeze(-2) if squeeze else logits
 
 

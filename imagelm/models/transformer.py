@@ -1,12 +1,16 @@
-"""The Llama trunk shared by every generator: RMSNorm, SwiGLU, attention with 2D RoPE and a KV cache.
+"""The Llama trunk shared by every generator: RMSNorm, SwiGLU, attention with 2D RoPE, and the KV
+cache a sampler passes in.
 
-One `Transformer.forward(h, input_pos, mask)` serves training, prefill and decode alike: without
-caches it attends within `h`; with caches (after `setup_caches`) it writes k/v at `input_pos` and
-attends over the cache, the mask rows picked by `input_pos`. There are no hidden modes.
+One `Transformer.forward(h, positions, cache=None, mask=None)` serves every use (gpt-fast's
+`forward(idx, input_pos)`): without a cache it attends among its inputs (training, teacher
+forcing, the masked generator); with a `KVCache` it writes the inputs' keys/values at their
+positions, per row, and attends over the cache causally by position, so a prefill, a one-token
+decode step and a k-token verify step are the same call with other shapes. The model never holds a
+cache and has no modes: the mask and RoPE rows are picked by `positions`.
 
 `mask` [B, T] says which of the T inputs are real tokens (False: padding, e.g. of a caption). The
-trunk combines it with causal order into the attention mask (`attention_mask`); with caches it is
-written into the cache beside k/v, so later decode steps keep ignoring those positions.
+trunk combines it with causal order into the attention mask (`attention_mask`); with a cache it is
+written beside k/v, so later steps keep ignoring those positions.
 """
 from __future__ import annotations
 
@@ -44,22 +48,59 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
-class KVCache(nn.Module):
-    """Preallocated keys/values [B, kv_heads, max_seq, head_dim], written in place at positions."""
+class KVCache:
+    """Keys and values of `rows` sequences for every layer of a trunk: the cache a sampler owns and
+    passes to `Transformer.forward` (the model never holds one).
 
-    def __init__(self, batch: int, kv_heads: int, max_seq: int, head_dim: int, dtype: torch.dtype, device=None):
-        super().__init__()
-        shape = (batch, kv_heads, max_seq, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    k[i], v[i]: layer i's [rows, kv_heads, max_seq, head_dim] in `dtype`, written in place at the rows
+    and positions of each forward; valid [rows, max_seq] bool: False at positions no query may attend
+    (caption padding), written from the forward's `mask`. A row's stale keys from an earlier sequence
+    need no clearing: a query never sees a position beyond its own.
+    """
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v [B, kv_heads, T, head_dim] at positions input_pos [T] (B <= the cache's batch);
-        return the first B rows of the whole cache, [B, kv_heads, max_seq, head_dim] each."""
-        B = k.shape[0]
-        self.k[:B, :, input_pos] = k.to(self.k.dtype)
-        self.v[:B, :, input_pos] = v.to(self.v.dtype)
-        return self.k[:B], self.v[:B]
+    def __init__(self, config: GPTConfig, rows: int, dtype: torch.dtype = torch.float32, device=None):
+        self.rows, self.max_seq = rows, config.cls_token_num + config.seq_len
+        shape = (rows, config.kv_heads, self.max_seq, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.valid = torch.ones(rows, self.max_seq, dtype=torch.bool, device=device)
+        self.row_ids = torch.arange(rows, device=device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k[0].dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def mark_static(self) -> None:
+        """Tell torch.compile that the buffers never move, so a CUDA graph may write them in place."""
+        for t in self.k + self.v + [self.valid]:
+            torch._dynamo.mark_static_address(t)
+
+
+class LayerKV:
+    """One layer's part of a cached forward: its buffers, where the inputs go, what the rows read."""
+    __slots__ = ("k", "v", "rows", "positions", "key_length", "leading")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                 key_length: int, leading: bool):
+        self.k, self.v, self.rows, self.positions = k, v, rows, positions
+        self.key_length, self.leading = key_length, leading
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, kv_heads, T, head_dim] at (rows [B], positions [B, T]) -> the keys and values
+        those rows attend, [B, kv_heads, key_length, head_dim] each: a view when the rows are the
+        cache's first B (`leading`), a gathered copy otherwise."""
+        index = (self.rows[:, None], slice(None), self.positions)
+        self.k[index] = k.transpose(1, 2).to(self.k.dtype)                             # [B, T, KV, hd]
+        self.v[index] = v.transpose(1, 2).to(self.v.dtype)
+        S = self.key_length
+        if self.leading:
+            B = k.shape[0]
+            return self.k[:B, :, :S], self.v[:B, :, :S]
+        return self.k[self.rows, :, :S], self.v[self.rows, :, :S]
 
 
 def rope_2d_table(config: GPTConfig) -> torch.Tensor:
@@ -85,6 +126,12 @@ def rope_2d_table(config: GPTConfig) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, T, heads, head_dim] by table [T, head_dim/2, 2] (cos, sin), or by a table per row
     [B, T, head_dim/2, 2] (rows at different positions, as in the sampling engine); same shape out."""
+    if torch.compiler.is_compiling():
+        # Inductor has no complex kernels; the same rotation in real arithmetic fuses into one.
+        xr = x.float().reshape(*x.shape[:-1], -1, 2)                           # [B, T, H, head_dim/2, 2]
+        t = table.float().unsqueeze(-3) if table.dim() == 4 else table.float().view(1, x.shape[1], 1, -1, 2)
+        x0, x1, cos, sin = xr[..., 0], xr[..., 1], t[..., 0], t[..., 1]
+        return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(3).type_as(x)
     # A rotation of each pair (x0, x1) by (cos, sin) is one complex product: three kernels in all.
     xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))        # [B, T, H, head_dim/2]
     tc = torch.view_as_complex(table.float().contiguous())                     # [(B,) T, head_dim/2]
@@ -94,43 +141,48 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, causal: bool,
                    key_valid: torch.Tensor | None) -> torch.Tensor | None:
-    """Who may attend to whom: bool, True = attend, [T, S] or [B, 1, T, S] with key_valid; None when
-    nothing is masked (plain bidirectional attention).
+    """Who may attend to whom: bool, True = attend; None when nothing is masked (plain bidirectional).
 
-    query_pos [T] and key_pos [S] are sequence positions; key_valid [B, S] marks real keys. Padded keys
-    are never attended, except that every query sees itself, so a padding query (whose output nobody
+    query_pos [T] (every row the same) or [B, T] (a position per row), key_pos [S] or [B, S] sequence
+    positions; key_valid [B, S] marks real keys. -> [T, S] (shared), or [B, 1, T, S]. Padded keys are
+    never attended, except that every query sees itself, so a padding query (whose output nobody
     reads) never has an empty row.
     """
-    allowed = query_pos[:, None] >= key_pos[None, :] if causal else None                # [T, S]
+    q = query_pos.unsqueeze(-1)                                                         # [(B,) T, 1]
+    if key_pos.dim() == 2:                                                              # a position per row
+        key_pos = key_pos.unsqueeze(1)                                                  # [B, 1, S]
+    allowed = q >= key_pos if causal else None                                          # [(B,) T, S]
     if key_valid is None:
-        return allowed
-    valid = key_valid[:, None, None, :]                                                 # [B, 1, 1, S]
-    allowed = valid if allowed is None else allowed & valid                             # [B, 1, T, S]
-    return allowed | (query_pos[:, None] == key_pos[None, :])
+        return allowed if allowed is None or allowed.dim() == 2 else allowed.unsqueeze(1)
+    valid = key_valid[:, None, :]                                                       # [B, 1, S]
+    allowed = valid if allowed is None else allowed & valid                             # [B, T, S]
+    return (allowed | (q == key_pos)).unsqueeze(1)                                      # [B, 1, T, S]
 
 
-def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention of one query per row (a decode step): q [B, H, 1, hd], k/v [B, H, S, hd], mask bool
-    (True = attend) or additive float, broadcastable to [B, H, 1, S], or None -> [B, H, 1, hd] in
-    q's dtype. Computed in the cache's dtype (the engine keeps float32 caches under bf16 weights).
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of a few queries per row over cached keys: q [B, H, T, hd], k/v [B, KV, S, hd] (H a
+    multiple of KV: grouped-query heads share their group's keys without a copy), mask bool [B, 1, T,
+    S] (True = attend) -> [B, H, T, hd] in the cache's dtype. Matmuls in the cache's dtype, softmax in
+    float32.
 
-    On CPU two plain float32 matmuls beat the fused kernel here: it pays its blocking set-up for a
-    single query. bf16 matmuls would copy the (non-contiguous) cache slice, so a bf16 cache takes a
-    broadcast product instead (benchmarks/bench_sampling.py measures the step). Softmax in float32.
+    On CPU two plain matmuls beat the fused kernel here: it pays its blocking set-up for a handful of
+    queries (benchmarks/bench_sampling.py measures the step).
     """
-    out_dtype = q.dtype
-    q = q.to(k.dtype) * q.shape[-1] ** -0.5
-    if k.dtype == torch.float32:
-        scores = q @ k.transpose(-1, -2)                                                 # [B, H, 1, S]
-    else:
-        scores = (k * q).sum(-1).float().unsqueeze(-2)                                   # [B, H, 1, S]
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = scores.softmax(-1).to(v.dtype)
-    if v.dtype == torch.float32:
-        return (probs @ v).to(out_dtype)                                                 # [B, H, 1, hd]
-    return (probs.transpose(-1, -2) * v).sum(-2, keepdim=True).to(out_dtype)
+    B, H, T, hd = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    g = H // KV
+    if torch.compiler.is_compiling() and T == 1 and g == 1:
+        # Under inductor, products summed over head_dim fuse into one pass over the cache (read once,
+        # in its own dtype), where a matmul per (row, head) reads it at half the bandwidth.
+        scores = (k.float() * (q.float() * hd ** -0.5)).sum(-1).unsqueeze(-2)          # [B, H, 1, S]
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return (probs.transpose(-1, -2) * v.float()).sum(-2, keepdim=True)               # [B, H, 1, hd]
+    q = (q.to(k.dtype) * hd ** -0.5).reshape(B, KV, g * T, hd)                         # a group's queries
+    scores = (q @ k.transpose(-1, -2)).float()                                          # [B, KV, g*T, S]
+    if g > 1:
+        mask = mask.unsqueeze(2).expand(B, 1, g, T, S).reshape(B, 1, g * T, S)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)
+    return (probs @ v).reshape(B, H, T, hd)
 
 
 class Attention(nn.Module):
@@ -144,12 +196,11 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.dim, config.dim, bias=False)
         self.attn_dropout = config.attn_dropout
         self.resid_dropout = nn.Dropout(config.resid_dropout)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        """x [B, T, dim], rope [T, head_dim/2, 2], input_pos [T], mask (bool, True = attend)
-        broadcastable to [B, 1, T, S] or None -> [B, T, dim]."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
+                kv: LayerKV | None = None) -> torch.Tensor:
+        """x [B, T, dim], rope [(B,) T, head_dim/2, 2], mask (bool, True = attend) broadcastable to
+        [B, 1, T, S] or None, kv: this layer's cache slice (None: attend among the inputs) -> [B, T, dim]."""
         B, T, _ = x.shape
         H, KV = self.n_head, self.kv_heads
         qkv = self.wqkv(x).view(B, T, H + 2 * KV, self.head_dim)                        # heads: q, k, v
@@ -157,20 +208,17 @@ class Attention(nn.Module):
         q = qk[:, :, :H].transpose(1, 2)                                                 # [B, H, T, hd]
         k = qk[:, :, H:].transpose(1, 2)                                                 # [B, KV, T, hd]
         v = qkv[:, :, H + KV:].transpose(1, 2)                                           # [B, KV, T, hd]
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)                                 # [B, KV, S, hd]
-        single_query = T == 1 and not self.training and q.device.type == "cpu"
-        if not single_query:
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        if self.kv_heads != self.n_head:
-            k = k.repeat_interleave(self.n_head // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
-        if single_query:
-            y = single_query_attention(q, k, v, mask)                                    # [B, H, 1, hd]
+        if kv is not None:
+            k, v = kv.update(k, v)                                                       # [B, KV, S, hd]
+            if q.device.type == "cpu":
+                y = cached_attention(q, k, v, mask).to(x.dtype)                          # [B, H, T, hd]
+            else:
+                y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                                   enable_gqa=KV != H)
         else:
-            is_causal = self.causal and mask is None and self.kv_cache is None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                               dropout_p=self.attn_dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
+                                               dropout_p=self.attn_dropout if self.training else 0.0,
+                                               enable_gqa=KV != H)
         y = y.transpose(1, 2).reshape(B, T, -1)                                          # [B, T, dim]
         return self.resid_dropout(self.wo(y))
 
@@ -200,8 +248,8 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, rope, input_pos, mask):
-        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, input_pos, mask))
+    def forward(self, x, rope, mask, kv=None):
+        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, kv))
         return x + self.drop_path(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -221,51 +269,37 @@ class Transformer(nn.Module):
         with torch.device("cpu"):  # a table of numbers, also when the model is built on the meta device
             table = rope_2d_table(config)
         self.register_buffer("rope", table, persistent=False)
-        self.cache_valid: torch.Tensor | None = None   # [max_batch, max_seq] bool beside the KV caches
-        self.max_batch = 0
 
-    def setup_caches(self, max_batch: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate KV caches for `max_batch` sequences of prefix + grid tokens (idempotent)."""
-        dtype = dtype or self.norm.weight.dtype
-        max_seq = self.config.cls_token_num + self.config.seq_len
-        first = self.layers[0].attention.kv_cache
-        if first is not None and self.max_batch >= max_batch and first.k.dtype == dtype:
-            return
-        device = self.norm.weight.device
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(max_batch, self.config.kv_heads, max_seq, self.config.head_dim,
-                                               dtype, device)
-        self.cache_valid = torch.ones(max_batch, max_seq, dtype=torch.bool, device=device)  # real cached keys
-        self.max_batch = max_batch
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                key_length: int | None = None) -> torch.Tensor:
+        """h [B, T, dim] at sequence positions [T] (every row alike) or [B, T] (a position per row;
+        prefix at 0..P-1, image token i at P+i) -> normed hidden states [B, T, dim].
 
-    def clear_caches(self) -> None:
-        """Free the KV caches (back to plain full-sequence attention)."""
-        for layer in self.layers:
-            layer.attention.kv_cache = None
-        self.cache_valid = None
-        self.max_batch = 0
-
-    @property
-    def has_caches(self) -> bool:
-        return self.layers[0].attention.kv_cache is not None
-
-    def forward(self, h: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """h [B, T, dim] at sequence positions input_pos [T] -> normed hidden states [B, T, dim].
-
-        mask: [B, T] bool, True = a real token, False = padding that no other position may attend;
-        None = all real. Without caches, attention is within h (causal if the trunk is). With caches,
-        the mask is stored beside k/v at input_pos and attention covers every cached position so far.
+        mask [B, T] bool: True = a real input, False = padding that no query may attend; None = all real.
+        cache None: attention among the T inputs (causal by position if the trunk is).
+        cache a KVCache: the inputs' keys/values are written into cache rows `rows` [B] (None: rows
+        0..B-1) at `positions`, and each row attends over its cached keys [0, key_length) (None: all),
+        causally by position and never to invalid (padding) keys. Prefill, one-token decode and a
+        k-token verify step are this call with T = P, 1 and k.
         """
-        if self.has_caches:
-            B, S = h.shape[0], self.cache_valid.shape[1]
-            self.cache_valid[:B, input_pos] = True if mask is None else mask
-            key_pos, key_valid = torch.arange(S, device=h.device), self.cache_valid[:B]   # [S], [B, S]
+        B, T, _ = h.shape
+        layer_kv = [None] * len(self.layers)
+        if cache is None:
+            if rows is not None or key_length is not None:
+                raise ValueError("rows and key_length select cache rows and keys; pass a cache")
+            causal_fast_path = self.causal and mask is None and positions.dim() == 1
+            attn_mask = None if causal_fast_path else attention_mask(positions, positions, self.causal, mask)
         else:
-            key_pos, key_valid = input_pos, mask
-            if mask is None and self.causal:    # the common case: leave it to SDPA's fused causal path
-                key_pos = None
-        attn_mask = None if key_pos is None else attention_mask(input_pos, key_pos, self.causal, key_valid)
-        rope = self.rope[input_pos]
-        for layer in self.layers:
-            h = layer(h, rope, input_pos, attn_mask)
+            pos = positions.expand(B, T) if positions.dim() == 1 else positions          # [B, T]
+            leading = rows is None
+            row_ids = cache.row_ids[:B] if leading else rows                             # [B]
+            S = key_length or cache.max_seq
+            cache.valid[row_ids[:, None], pos] = True if mask is None else mask
+            valid = cache.valid[:B, :S] if leading else cache.valid[row_ids, :S]          # [B, S]
+            attn_mask = attention_mask(pos, torch.arange(S, device=h.device), self.causal, valid)
+            layer_kv = [LayerKV(k, v, row_ids, pos, S, leading) for k, v in zip(cache.k, cache.v)]
+        rope = self.rope[positions]                                                      # [(B,) T, hd/2, 2]
+        for layer, kv in zip(self.layers, layer_kv):
+            h = layer(h, rope, attn_mask, kv)
         return self.norm(h)

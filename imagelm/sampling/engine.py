@@ -1,21 +1,23 @@
-"""The fast sampling engine: static KV slots, continuous batching, the right dtype per device.
+"""The fast sampling engine: static KV rows, continuous batching, a static-shape decode step that
+torch.compile can capture, the right dtype per device.
 
-Image sequences have one fixed length per model, so instead of paging, the engine keeps a static
-KV cache of `rows` sequence rows. An image being decoded holds one row, two with guidance (its
+Image sequences have one fixed length per model, so instead of paging, the engine owns a static
+KVCache of `rows` sequence rows. An image being decoded holds one row, two with guidance (its
 conditional row and its null-condition row, decoded in the same forward pass). Requests wait in a
-queue; between decode steps the engine admits those that fit into free rows (prefilling their
-condition prefix), and a request that reaches its last token frees its rows for the next one in the
-same step loop: continuous batching without paging.
+queue; after each decode step the engine releases the requests that reached their last token and
+admits waiting ones into the free rows (prefilling their condition prefix and sampling their first
+token): continuous batching without paging.
 
-A decode step runs rows [0, used) only, over keys [0, longest position]. Rows admitted at different
-steps sit at different positions, so each row has its own position, RoPE row and mask row; the mask
-also hides the stale keys a row's previous occupant left behind.
+Everything model- and maths-shaped is shared: the step is the model's one forward
+(`GeneratorBase.logits`) with the engine's cache passed in, and the same guidance, filtering and
+draw as the plain sampler (`sampling/logits.py`, `sampling/step.py`). Rows admitted at different
+steps sit at different positions, so each row has its own position; the causal mask by position also
+hides the stale keys a row's previous occupant left behind.
 
 Exactness: each request draws from its own `torch.Generator`, seeded by the request, in the same
-order and shapes as the plain sampler (`autoregressive.generate`), and the logits-to-token maths is
-the same, so in float32 a request gets the plain sampler's tokens whenever it is admitted and
-whoever shares its batch. In bfloat16 or with int8 weights the logits move a little (bounded in
-tests/test_engine.py), so tokens may differ.
+order and shapes as the plain sampler (`autoregressive.generate`), so in float32 a request gets the
+plain sampler's tokens whenever it is admitted and whoever shares its batch. In bfloat16 or with
+int8 weights the logits move a little (bounded in the tests), so tokens may differ.
 
     engine = Engine(model, rows=32)                 # dtype="auto": what this device runs fastest
     request = engine.submit(torch.tensor([3, 3]), SamplingOptions(cfg_scale=2.0), seed=0)
@@ -24,9 +26,8 @@ tests/test_engine.py), so tokens may differ.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import threading
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -35,12 +36,17 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from imagelm.models.conditioning import cat_conditions
+from imagelm.models.transformer import KVCache
 from imagelm.runtime import SAMPLING_DTYPES, choose_sampling_dtype, int8_available  # noqa: F401
-from imagelm.models.transformer import attention_mask, rope_2d_table
-from imagelm.sampling.autoregressive import SamplingOptions
-from imagelm.sampling.logits import cfg_scale_at, draw_rows
+from imagelm.sampling.autoregressive import cache_dtype, check_given, evaluating
+from imagelm.sampling.jacobi import DEFAULT_WINDOW, JacobiDecoding
+from imagelm.sampling.logits import RowSampling, SamplingOptions, uniforms
+from imagelm.sampling.precision import prepare_model
+from imagelm.sampling.step import DecodeBatch, compile_step, decode_step, row_bucket, sample_images
 
 ENGINE_DTYPES = SAMPLING_DTYPES
+COMPILE_CHOICES = ("auto", "on", "off")
+DECODE_MODES = ("plain", "jacobi")
 
 
 class EngineError(ValueError):
@@ -55,68 +61,32 @@ def choose_engine_dtype(device: torch.device | str, requested: str = "auto", **d
         raise EngineError(str(e)) from None
 
 
-def prepare_model(model: nn.Module, dtype: str, inplace: bool = False) -> nn.Module:
-    """The model in the engine's dtype, in eval mode: float32 / bfloat16 weights, or int8 weights
-    (dynamically quantised linears of the trunk and the output heads; activations stay float32).
-    A copy unless `inplace` or nothing needs to change."""
-    current = next(model.parameters()).dtype
-    target = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.float32}[dtype]
-    quantized = any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
-    if current == target and (dtype == "int8") == quantized:
-        return model.eval()
-    if quantized:
-        raise EngineError(f"this model has int8 weights already; it cannot run in {dtype}")
-    if not inplace:   # the copy must not carry engines cached on the model (imagelm.api.engine_for)
-        cached = model.__dict__.get("_engines")
-        model = copy.deepcopy(model, memo={id(cached): {}} if cached is not None else None)
-    model = model.to(target).eval()
-    if dtype == "int8":
-        with warnings.catch_warnings():   # the API works; it only points at torchao for the future
-            warnings.simplefilter("ignore")
-            from torch.ao.quantization import quantize_dynamic
-            for name in ("trunk", "output"):
-                quantize_dynamic(getattr(model, name), {nn.Linear}, dtype=torch.qint8, inplace=True)
-    return model
+# Decode steps after which a compiled step has paid for its compile (~40 s for GPT-B on either device,
+# ~15 s for tiny on CPU): CUDA graphs save ~10 ms a GPT-B step over eager kernel launches; on CPU the
+# fused step saved 1.5-2 ms (tiny) to 3-14 ms (GPT-B) a step (benchmarks/RESULTS.md).
+COMPILE_PAYS_AFTER = {"cuda": 4_000, "cpu": 10_000}
 
 
-class _StepPlan:
-    """Where the forward pass now running writes its keys/values, shared by every layer's cache.
+def choose_compile(device: torch.device, requested: str | bool = "auto", model: nn.Module | None = None,
+                   workload: int | None = None) -> tuple[bool, str]:
+    """Whether the engine compiles its decode step, and why: -> (bool, reason).
 
-    rows [B] and positions [T] (prefill: each row its prefix) or [B, 1] (decode: each row its own
-    position); read_length None = attend within the input only (a prefill starts from an empty row),
-    else attend over cache keys [0, read_length) of rows [0, B).
+    auto: only when the work ahead pays for the compile: `workload` decode steps (None: unknown,
+    e.g. a server) of at least COMPILE_PAYS_AFTER for the device. So a one-batch `imagelm sample`
+    never waits for a compile; a server and a long sample-many do. "on" / "off" (or True / False)
+    force it.
     """
-    rows: torch.Tensor
-    positions: torch.Tensor
-    read_length: int | None = None
-
-
-class SlotKVCache(nn.Module):
-    """The engine's per-layer cache: keys/values [rows, kv_heads, max_seq, head_dim], written at
-    the rows and positions of the shared step plan. It takes the place of the model's KVCache while
-    the engine runs a forward pass, so the attention code is the model's own."""
-
-    def __init__(self, rows: int, kv_heads: int, max_seq: int, head_dim: int, dtype: torch.dtype,
-                 device, plan: _StepPlan):
-        super().__init__()
-        shape = (rows, kv_heads, max_seq, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.plan = plan
-
-    def update(self, input_pos, k: torch.Tensor, v: torch.Tensor):
-        """k, v [B, kv_heads, T, head_dim] -> the keys/values to attend: themselves (prefill), or the
-        cache's rows [0, B) over keys [0, read_length) (decode). input_pos is unused: positions come
-        from the plan because they differ per row."""
-        plan = self.plan
-        rows = plan.rows[:, None]                                              # [B, 1]
-        pos = plan.positions if plan.positions.dim() == 2 else plan.positions[None, :]   # [B or 1, T]
-        self.k[rows, :, pos] = k.transpose(1, 2).to(self.k.dtype)              # [B, T, kv_heads, hd]
-        self.v[rows, :, pos] = v.transpose(1, 2).to(self.v.dtype)
-        if plan.read_length is None:
-            return k, v
-        B, S = k.shape[0], plan.read_length
-        return self.k[:B, :, :S], self.v[:B, :, :S]
+    requested = {True: "on", False: "off"}.get(requested, requested)
+    if requested not in COMPILE_CHOICES:
+        raise EngineError(f"unknown compile choice {requested!r}; choose one of {', '.join(COMPILE_CHOICES)}")
+    if requested != "auto":
+        return requested == "on", "as asked"
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    if workload is not None and workload < COMPILE_PAYS_AFTER[kind]:
+        return False, f"{workload} decode steps ahead: too few to pay for a compile"
+    if kind == "cpu":
+        return True, "CPU, long-running: inductor fuses the step's small operators and its attention"
+    return True, "CUDA, long-running: one captured graph per row bucket"
 
 
 @dataclass(eq=False)
@@ -134,6 +104,9 @@ class Request:
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
+    given: torch.Tensor | None = None       # [n, L, n_sub] tokens fixed in advance (editing), with
+    known: torch.Tensor | None = None       # [n, L] bool: where they are
+    jacobi: object = None                   # its windows, under speculative Jacobi decoding
 
     @property
     def finished(self) -> bool:
@@ -143,16 +116,27 @@ class Request:
         """Stop this request: it leaves the queue, or frees its rows at the engine's next step."""
         self.cancelled = True
 
+    def draw(self, n_sub: int, device) -> torch.Tensor:
+        """This step's uniforms for the request's images, [n, n_sub] (zeros when greedy: no draw)."""
+        if self.options.greedy:
+            return torch.zeros(self.n, n_sub, device=device)
+        return uniforms((self.n, n_sub), self.generator, device)
+
 
 class Engine:
     """Continuous-batching sampler over a static KV cache of `rows` sequence rows (see the module doc).
 
     model: an AR generator (imagelm.load); dtype: auto | float32 | bfloat16 | int8 (see
-    choose_engine_dtype); inplace: convert `model` itself rather than a copy when the dtype changes.
+    runtime.choose_sampling_dtype; another dtype than the model's means a converted copy, the
+    caller's model is never changed); compile: auto | on | off (see choose_compile); decode: "plain"
+    (one token per image a step) or "jacobi" (speculative Jacobi decoding, sampling/jacobi.py:
+    several tokens a step, same distribution, other random stream; eager only) with `window` drafts;
+    workload: the decode steps expected (None: unknown, e.g. a server), for compile="auto".
     Thread-safe for `submit`/`cancel` from other threads while one thread calls `step`.
     """
 
-    def __init__(self, model: nn.Module, rows: int = 32, dtype: str = "auto", inplace: bool = False):
+    def __init__(self, model: nn.Module, rows: int = 32, dtype: str = "auto", compile: str | bool = "auto",
+                 decode: str = "plain", window: int = DEFAULT_WINDOW, workload: int | None = None):
         if getattr(model, "kind", "ar") != "ar":
             raise EngineError("the engine decodes autoregressive generators; masked (mlm) generators use "
                               "their own parallel sampler")
@@ -160,38 +144,55 @@ class Engine:
             raise EngineError(f"the engine needs at least 1 row, got {rows}")
         self.device = next(model.parameters()).device
         self.dtype, self.dtype_reason = choose_engine_dtype(self.device, dtype)
-        self.model = prepare_model(model, self.dtype, inplace)
+        try:
+            self.model = prepare_model(model, self.dtype)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
         config = self.model.config
         self.config, self.rows = config, rows
         self.prefix_len, self.length = config.cls_token_num, config.seq_len
-        self.max_seq = self.prefix_len + self.length
         self.n_sub = config.num_subtokens
-        # float32 caches under bf16 weights too, on CPU: a decode step then reads them with float32
-        # matmuls in place (bf16 ones copy the slice), at the price of twice the cache memory.
-        cache_dtype = torch.bfloat16 if self.dtype == "bfloat16" and self.device.type != "cpu" else torch.float32
-        self._plan = _StepPlan()
-        self._caches = [SlotKVCache(rows, config.kv_heads, self.max_seq, config.head_dim, cache_dtype,
-                                    self.device, self._plan) for _ in range(config.n_layer)]
-        # float32 whatever the weights' dtype: bf16 angles would blur the positions.
-        self._rope = rope_2d_table(config).to(self.device)                      # [max_seq, hd/2, 2]
-        self._valid = torch.ones(rows, self.max_seq, dtype=torch.bool, device=self.device)  # real keys
-        self._row_input = torch.zeros(rows, self.n_sub, dtype=torch.long, device=self.device)
-        self._keys = torch.arange(self.max_seq, device=self.device)
-        self._row_pos = [0] * rows            # the sequence position each row feeds at its next decode
+        if decode not in DECODE_MODES:
+            raise EngineError(f"unknown decode {decode!r}; choose one of {', '.join(DECODE_MODES)}")
+        if decode == "jacobi" and compile in (True, "on"):
+            raise EngineError("speculative Jacobi decoding runs eager; use compile off or auto")
+        self.decode = decode
+        self.compiled, self.compile_reason = (False, "Jacobi decoding runs eager") if decode == "jacobi" \
+            else choose_compile(self.device, compile, self.model, workload)
+        try:
+            self._jacobi = JacobiDecoding(self, window) if decode == "jacobi" else None
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        self.cache = KVCache(config, rows, cache_dtype(self.model, self.compiled), self.device)
+        self._inputs = torch.zeros(rows + 1, self.n_sub, dtype=torch.long, device=self.device)  # + trash row
+        self._positions = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self._token_index = torch.zeros(rows, dtype=torch.long, device=self.device)   # per image slot
+        self._positions_of_prefix = torch.arange(self.prefix_len, device=self.device)
+        if self.compiled:
+            if self.device.type == "cuda":   # CUDA graphs write these in place: their addresses never move
+                self.cache.mark_static()
+                for t in (self._inputs, self._positions, self._token_index):
+                    torch._dynamo.mark_static_address(t)
+            self._step = compile_step(self.device)
+        else:
+            self._step = decode_step
         self._free = list(range(rows))        # kept sorted: the lowest free rows are taken first
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._lock = threading.Lock()
-        self._batch_cache = None              # per-image tensors, rebuilt when the running set changes
+        self._batch: DecodeBatch | None = None   # rebuilt when the running set changes
+        self._spans: list[tuple[Request, int, int]] = []
 
     # ---------------------------------------------------------------- requests
     def rows_needed(self, n: int, options: SamplingOptions) -> int:
         """Cache rows that n images with these options occupy while decoding."""
         return n * (2 if options.guided else 1)
 
-    def submit(self, cond, options: SamplingOptions = SamplingOptions(), seed: int = 0) -> Request:
+    def submit(self, cond, options: SamplingOptions = SamplingOptions(), seed: int = 0,
+               given: torch.Tensor | None = None, known: torch.Tensor | None = None) -> Request:
         """Queue n images: cond [n] class ids (a tensor or list) or a TextCondition of batch n -> the
-        Request, filled in by later `step` calls. Same seed and options, same tokens as the plain
+        Request, filled in by later `step` calls. given [n, L, n_sub] / known [n, L] bool: tokens fixed
+        in advance (see autoregressive.generate). Same seed and options, same tokens as the plain
         sampler given cond and torch.Generator(device).manual_seed(seed)."""
         if not hasattr(cond, "features"):
             cond = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
@@ -211,7 +212,13 @@ class Engine:
             if len(bad):
                 raise EngineError(f"class id {int(bad[0])} outside 0..{self.config.num_classes} "
                                   f"({self.config.num_classes} is the null class)")
-        request = Request(cond=cond.to(self.device), options=options, seed=int(seed), n=n)
+        try:
+            check_given(given, known, n, self.length, self.n_sub)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        request = Request(cond=cond.to(self.device), options=options, seed=int(seed), n=n,
+                          given=None if given is None else given.to(self.device),
+                          known=None if known is None else known.to(self.device))
         with self._lock:
             self._waiting.append(request)
         return request
@@ -229,19 +236,16 @@ class Engine:
     # ---------------------------------------------------------------- the step loop
     @torch.no_grad()
     def step(self) -> list[Request]:
-        """One decode step for every running request, then admission of waiting ones into free rows
-        (with their prefill), then one sampled token for each. Returns the requests finished now."""
+        """One decode step for every running request (one token each), then release of the requests
+        that are complete and admission of waiting ones into free rows (their prefill samples their
+        first token). Returns the requests finished now."""
         finished = self._drop_cancelled()
-        decoded = self._decode() if self._running else None                   # [used, n_sub, V]
-        prefilled = self._admit()
-        if not self._running:
-            return finished
-        logits = self._merge_logits(decoded, prefilled)
-        self._sample_and_advance(logits)
-        for request in [r for r in self._running if r.generated == self.length]:
-            self._release(request)
-            request.done.set()
-            finished.append(request)
+        with evaluating(self.model):
+            if self._running:
+                self._decode()
+                finished += self._release_complete()
+            self._admit()
+            finished += self._release_complete()
         return finished
 
     def run(self, progress: bool = False) -> None:
@@ -281,14 +285,114 @@ class Engine:
 
     def _release(self, request: Request) -> None:
         self._running.remove(request)
-        for row in request.rows:
-            self._row_pos[row] = 0        # a free row idles at position 0 until its next prefill
+        self._positions[request.rows] = 0     # a free row idles at position 0 until its next prefill
         self._free = sorted(self._free + request.rows)
-        self._batch_cache = None
+        self._batch = None
 
-    def _admit(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Move waiting requests (first come, first served) into free rows and prefill them
-        -> (their rows [B], token-0 logits [B, n_sub, V]), or None when none was admitted."""
+    def _release_complete(self) -> list[Request]:
+        done = [r for r in self._running if r.generated == self.length]
+        for request in done:
+            self._release(request)
+            request.done.set()
+        return done
+
+    def _build_batch(self, requests: list[Request], read_index, rows: int = 0, pad_to: int = 0,
+                     key_length: int | None = None) -> DecodeBatch:
+        """A DecodeBatch over `requests` (images in request order). read_index maps a cache row to
+        the index of its logits in the step; rows: the cache rows the step runs ([0, rows), those of
+        the requests active); pad_to: idle image slots up to that many."""
+        trash = self.rows
+        read, read_null, write, write_null, scales, options = [], [], [], [], [], []
+        active = [0] * rows
+        for r in requests:
+            guided = r.options.guided
+            row_scales = r.options.cfg_scales(self.length) if guided else [1.0] * self.length
+            for i in range(r.n):
+                cond_row = r.rows[i]
+                null_row = r.rows[r.n + i] if guided else cond_row
+                read += [read_index(cond_row)]
+                read_null += [read_index(null_row)]
+                write += [cond_row]
+                write_null += [null_row if guided else trash]
+                scales.append(row_scales)
+                options.append(r.options)
+            for row in r.rows:
+                if row < rows:
+                    active[row] = 1
+        pad = max(0, pad_to - len(read))
+        read, read_null = read + [0] * pad, read_null + [0] * pad
+        write, write_null = write + [trash] * pad, write_null + [trash] * pad
+        scales += [[1.0] * self.length] * pad
+        options += [SamplingOptions(temperature=0.0)] * pad
+        given = known = None
+        if any(r.known is not None for r in requests):
+            L, n = self.length, self.n_sub
+            given = torch.cat([r.given if r.known is not None else torch.zeros(r.n, L, n, dtype=torch.long,
+                               device=self.device) for r in requests] + [torch.zeros(pad, L, n, dtype=torch.long,
+                                                                                    device=self.device)])
+            known = torch.cat([r.known if r.known is not None else torch.zeros(r.n, L, dtype=torch.bool,
+                               device=self.device) for r in requests] + [torch.zeros(pad, L, dtype=torch.bool,
+                                                                                    device=self.device)])
+        as_long = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)   # noqa: E731
+        return DecodeBatch(rows=rows, active=as_long(active), read=as_long(read), read_null=as_long(read_null),
+                           write=as_long(write), write_null=as_long(write_null),
+                           scales=torch.tensor(scales, dtype=torch.float32, device=self.device),
+                           sampling=RowSampling.of(options, self.config.vocab_size, self.device),
+                           given=given, known=known, key_length=key_length)
+
+    def _uniforms(self, requests: list[Request], slots: int) -> torch.Tensor | None:
+        """Each request's uniforms for this step, in image order, padded to `slots` rows (None when
+        every request is greedy)."""
+        if all(r.options.greedy for r in requests):
+            return None
+        u = torch.cat([r.draw(self.n_sub, self.device) for r in requests])
+        if slots > len(u):
+            u = torch.cat([u, u.new_zeros(slots - len(u), self.n_sub)])
+        return u
+
+    def _decode(self) -> None:
+        """One decode step of the running set (compiled or eager), its tokens recorded per request."""
+        if self._batch is None:
+            used = max(row for r in self._running for row in r.rows) + 1
+            identity = lambda row: row   # noqa: E731  (a decode step's logits are indexed by row)
+            if self.compiled:   # static shapes: a bucket of rows, all keys, padded image slots
+                rows = row_bucket(used, self.rows)
+                self._batch = self._build_batch(self._running, identity, rows, pad_to=rows)
+            else:
+                self._batch = self._build_batch(self._running, identity, used)
+            self._spans = self._image_spans(self._running)
+            if self._jacobi is not None:
+                self._jacobi.batch_changed()
+            for r, start, end in self._spans:
+                self._token_index[start:end] = r.generated
+        batch = self._batch
+        if self._jacobi is not None:
+            self._jacobi.step(batch)
+            return
+        if not (self.compiled and self.device.type == "cuda"):   # read keys only up to the longest row's position
+            batch = dataclasses.replace(batch, key_length=self.prefix_len + max(r.generated for r in self._running))
+        u = self._uniforms(self._running, batch.images)
+        tokens = self._step(self.model, self.cache, self._inputs, self._positions, batch,
+                            self._token_index[:batch.images], u)
+        self._record(tokens, self._spans)
+
+    @staticmethod
+    def _image_spans(requests: list[Request]) -> list[tuple[Request, int, int]]:
+        """Each request's image slots [start, end) in request order."""
+        spans, start = [], 0
+        for r in requests:
+            spans.append((r, start, start + r.n))
+            start += r.n
+        return spans
+
+    def _record(self, tokens: torch.Tensor, spans) -> None:
+        for r, start, end in spans:
+            r.tokens[:, r.generated] = tokens[start:end]
+            r.generated += 1
+
+    def _admit(self) -> None:
+        """Move waiting requests (first come, first served) into free rows, prefill their condition
+        prefixes and sample their first tokens."""
         admitted = []
         with self._lock:
             while self._waiting:
@@ -300,172 +404,30 @@ class Engine:
                 request.rows, self._free = self._free[:need], self._free[need:]
                 admitted.append(request)
         if not admitted:
-            return None
+            return
         for request in admitted:
             request.tokens = torch.empty(request.n, self.length, self.n_sub, dtype=torch.long, device=self.device)
             request.generator = torch.Generator(self.device).manual_seed(request.seed)
-            self._running.append(request)
-        self._batch_cache = None
-        return self._prefill(admitted)
-
-    def _forward(self, h: torch.Tensor, rope: torch.Tensor, mask) -> torch.Tensor:
-        """The model's blocks, final norm and heads with the engine's caches plugged in:
-        h [B, T, dim] -> logits of the last position [B, n_sub, V] float32."""
-        layers = self.model.trunk.layers
-        saved = [layer.attention.kv_cache for layer in layers]
-        try:
-            for layer, cache in zip(layers, self._caches):
-                layer.attention.kv_cache = cache
-            for layer in layers:
-                h = layer(h, rope, None, mask)
-        finally:
-            for layer, cache in zip(layers, saved):
-                layer.attention.kv_cache = cache
-        h = self.model.trunk.norm(h[:, -1])                                    # [B, dim]
-        return self.model.output(h).float()                                    # [B, n_sub, V]
-
-    def _prefill(self, admitted: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the admitted requests' condition prefixes into their rows -> (rows [B], token-0 logits
-        [B, n_sub, V])."""
         conds = []
         for request in admitted:
             conds.append(request.cond)
             if request.options.guided:
                 conds.append(self.model.null_cond(request.cond))
-        inputs = cat_conditions(conds)
-        rows = torch.tensor([row for r in admitted for row in r.rows], device=self.device)
+        rows = [row for r in admitted for row in r.rows]
+        index = {row: i for i, row in enumerate(rows)}
+        row_ids = torch.tensor(rows, device=self.device)
         P = self.prefix_len
-        h = self.model.cond_embedder(inputs)                                   # [B, P, dim]
-        prefix_mask = self.model.cond_embedder.prefix_mask(inputs)             # [B, P] or None
-        self._valid[rows] = True
-        if prefix_mask is not None:
-            self._valid[rows, :P] = prefix_mask
-        positions = torch.arange(P, device=self.device)
-        mask = attention_mask(positions, positions, True, prefix_mask) if P > 1 or prefix_mask is not None else None
-        self._plan.rows, self._plan.positions, self._plan.read_length = rows, positions, None
-        logits = self._forward(h, self._rope[:P], mask)                       # [B, n_sub, V]
-        for row in rows.tolist():
-            self._row_pos[row] = P                 # token 0 will sit at position P
-        return rows, logits
-
-    def _decode(self) -> torch.Tensor:
-        """Feed each running row its last token at its own position -> logits [used, n_sub, V].
-
-        Positions live on the device (built when the running set changes, then advanced in place),
-        so a step copies nothing from the host: on CUDA the loop never waits for the GPU."""
-        b = self._batch()
-        used = b["used"]
-        pos = b["pos"]                                                         # [used]
-        length = max(self._row_pos[:used]) + 1
-        keys = self._keys[:length]
-        mask = ((keys[None, :] <= pos[:, None]) & self._valid[:used, :length]) | (keys[None, :] == pos[:, None])
-        h = self.model.tok_embeddings(self._row_input[:used, None])            # [used, 1, dim]
-        self._plan.rows = b["all_rows"]
-        self._plan.positions, self._plan.read_length = pos[:, None], length
-        logits = self._forward(h, self._rope[pos][:, None], mask[:, None, None, :])
-        pos += b["active"]                                                     # free rows stay at 0
-        for r in self._running:
-            for row in r.rows:
-                self._row_pos[row] += 1
-        return logits
-
-    def _merge_logits(self, decoded: torch.Tensor | None, prefilled: tuple | None) -> torch.Tensor:
-        """Decode logits [used_before, n_sub, V] and the prefill's (rows, logits) -> one tensor indexed by
-        row, [used, n_sub, V]."""
-        if prefilled is None:
-            return decoded
-        rows, fresh = prefilled
-        used = max(row for r in self._running for row in r.rows) + 1
-        logits = torch.zeros(used, self.n_sub, fresh.shape[-1], device=self.device)
-        if decoded is not None:
-            logits[: decoded.shape[0]] = decoded
-        logits[rows] = fresh
-        return logits
-
-    def _batch(self) -> dict:
-        """Per-row and per-image tensors of the running set, images in request order; built when the
-        set changes (admission, release), then advanced in place step by step."""
-        if self._batch_cache is not None:
-            return self._batch_cache
-        used = max(row for r in self._running for row in r.rows) + 1
-        cond_rows, null_rows, guided_images, spans, scale_rows = [], [], [], [], []
-        ks, ps, active = [], [], [False] * used
-        for r in self._running:
-            start = len(cond_rows)
-            cond_rows += r.rows[: r.n]
-            for row in r.rows:
-                active[row] = True
-            if r.options.guided:
-                null_rows += r.rows[r.n:]
-                guided_images += list(range(start, start + r.n))
-                # Column t: the guidance scale of this request's token generated + t (plain: apply_cfg).
-                o = r.options
-                row_scales = [cfg_scale_at(i, self.length, o.cfg_scale, o.cfg_schedule)
-                              if o.cfg_interval < 0 or i < o.cfg_interval else 1.0
-                              for i in range(r.generated, r.generated + self.length)]
-                scale_rows += [row_scales] * r.n
-            spans.append((r, start, start + r.n))
-            ks += [r.options.top_k] * r.n
-            ps += [r.options.top_p] * r.n
-        as_long = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)   # noqa: E731
-        kmax = max(min(k, self.config.vocab_size) for k in ks)
-        self._batch_cache = dict(
-            used=used, all_rows=torch.arange(used, device=self.device),
-            pos=as_long(self._row_pos[:used]), active=as_long(active), steps=0,
-            cond_rows=as_long(cond_rows), null_rows=as_long(null_rows), guided=as_long(guided_images),
-            scales=torch.tensor(scale_rows, device=self.device).reshape(len(guided_images), self.length),
-            spans=spans, any_temperature=any(r.options.temperature != 1.0 for r in self._running),
-            ks=as_long(ks), kmax=kmax, ps=torch.tensor(ps, device=self.device)[:, None, None],
-            any_k=any(0 < k < self.config.vocab_size for k in ks), any_p=any(p < 1 for p in ps),
-            greedy=[r.options.temperature <= 0 or r.options.top_k == 1 for r in self._running])
-        return self._batch_cache
-
-    def _sample_and_advance(self, logits: torch.Tensor) -> None:
-        """Guidance, filtering and one draw per image, each request from its own generator."""
-        b = self._batch()
-        x = logits[b["cond_rows"]]                                             # [I, n_sub, V]
-        if len(b["guided"]):
-            # The plain sampler's apply_cfg, each request at its own token index.
-            scale = b["scales"][:, b["steps"], None, None]                     # [G, 1, 1]
-            cond, uncond = x[b["guided"]], logits[b["null_rows"]]
-            x[b["guided"]] = uncond + scale * (cond - uncond)
-        tokens = self._draw(x, b)                                              # [I, n_sub]
-        self._row_input[b["cond_rows"]] = tokens
-        if len(b["guided"]):
-            self._row_input[b["null_rows"]] = tokens[b["guided"]]
-        for r, start, end in b["spans"]:
-            r.tokens[:, r.generated] = tokens[start:end]
-            r.generated += 1
-        b["steps"] += 1
-
-    def _draw(self, x: torch.Tensor, b: dict) -> torch.Tensor:
-        """x [I, n_sub, V] guided logits -> tokens [I, n_sub], as sample_tokens does per request."""
-        if all(b["greedy"]):
-            return x.argmax(-1)
-        raw = x
-        if b["any_temperature"]:   # divide per request by the Python float, exactly as sample_tokens does
-            x = torch.cat([x[start:end] / max(r.options.temperature, 1e-9) for r, start, end in b["spans"]])
-        if b["any_p"]:
-            sorted_x, order = torch.sort(x, dim=-1, descending=True)                    # [I, n_sub, V]
-        if b["any_k"]:
-            # Each image's k-th largest value (-inf where top-k is off), from the sort when there is one.
-            top = sorted_x if b["any_p"] else torch.topk(x, b["kmax"], dim=-1).values
-            ks = b["ks"].clamp(max=x.shape[-1])
-            kth = top.gather(-1, (ks - 1).clamp(min=0)[:, None, None].expand(-1, x.shape[1], 1))
-            kth = torch.where((ks > 0)[:, None, None], kth, torch.full_like(kth, float("-inf")))
-            x = x.masked_fill(x < kth, float("-inf"))
-            if b["any_p"]:
-                sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
-        if b["any_p"]:
-            probs_sorted = sorted_x.softmax(-1)
-            drop_sorted = ((probs_sorted.cumsum(-1) - probs_sorted) >= b["ps"]) & (b["ps"] < 1)
-            x = x.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-        probs = x.softmax(-1)
-        tokens = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
-        for (r, start, end), greedy in zip(b["spans"], b["greedy"]):
-            if greedy:
-                tokens[start:end] = raw[start:end].argmax(-1)   # temperature 0 / top-k 1: no draw
-            else:
-                flat = probs[start:end].reshape(-1, probs.shape[-1])
-                tokens[start:end] = draw_rows(flat, r.generator).view(end - start, -1)
-        return tokens
+        prefix, prefix_mask = self.model.embed_condition(cat_conditions(conds))      # [A, P, dim]
+        logits = self.model.logits(prefix, self._positions_of_prefix, self.cache, prefix_mask, rows=row_ids,
+                                   key_length=P, last=1)[:, 0]                          # [A, n_sub, V]
+        batch = self._build_batch(admitted, index.__getitem__)
+        start_index = torch.zeros(batch.images, dtype=torch.long, device=self.device)
+        tokens = sample_images(logits, batch, start_index, self._uniforms(admitted, batch.images))
+        self._inputs[batch.write] = tokens
+        self._inputs[batch.write_null] = tokens
+        self._positions[row_ids] = P                                                    # token 0 sits at P
+        self._record(tokens, self._image_spans(admitted))
+        if self._jacobi is not None:
+            self._jacobi.start(admitted, logits, batch)
+        self._running += admitted
+        self._batch = None

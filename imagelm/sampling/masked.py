@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from imagelm.models.conditioning import cat_conditions
-from imagelm.sampling.autoregressive import SamplingOptions
-from imagelm.sampling.logits import apply_cfg, cfg_scale_at, filter_top_k_top_p, sample_tokens
+from imagelm.sampling.autoregressive import evaluating
+from imagelm.sampling.logits import SamplingOptions, RowSampling, apply_cfg, filter_logits, sample_rows, uniforms
 
 
 def _gumbel(shape, generator, device) -> torch.Tensor:
@@ -32,32 +32,35 @@ def generate_masked(model, cond: torch.Tensor, options: SamplingOptions = Sampli
 
     tokens/known: optional given tokens [B, L, n] and which positions [B, L] (bool) are given; given
     positions are never changed. choice_temperature: initial scale of the Gumbel noise on confidences
-    (annealed linearly to 0 at the last step).
+    (annealed linearly to 0 at the last step). The CFG schedule runs over the steps, and
+    options.cfg_interval guides only the first that many steps (scale 1 after).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    was_training = model.training
-    model.eval()
-    B, L, n = len(cond), model.config.seq_len, model.config.num_subtokens
+    B, L, n, V = len(cond), model.config.seq_len, model.config.num_subtokens, model.config.vocab_size
     device = cond.device
     tokens = torch.zeros(B, L, n, dtype=torch.long, device=device) if tokens is None else tokens.clone()
     known = torch.zeros(B, L, dtype=torch.bool, device=device) if known is None else known.clone()
     to_fill = (~known).sum(1)                                                        # [B]
     inputs = cat_conditions([cond, model.null_cond(cond)]) if options.guided else cond
-    try:
+    scales = torch.tensor(options.cfg_scales(steps), device=device)                  # [steps]
+    rows = RowSampling.of([options] * (B * L), V, device)                            # one row per position
+    with evaluating(model):
         for t in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
             masked = ~known
             if not masked.any():
                 break
             if options.guided:
                 logits = model(torch.cat([tokens, tokens]), inputs, torch.cat([masked, masked]))
-                logits = apply_cfg(logits, cfg_scale_at(t, steps, options.cfg_scale, options.cfg_schedule))
+                logits = apply_cfg(logits, scales[t])
             else:
                 logits = model(tokens, inputs, masked)                               # [B, L, n, V]
-            candidates = sample_tokens(logits, options.temperature, options.top_k, options.top_p, generator)
-            scaled = logits / max(options.temperature, 1e-6)
-            logp = filter_top_k_top_p(scaled, options.top_k, options.top_p).log_softmax(-1)
-            confidence = logp.gather(-1, candidates.unsqueeze(-1)).squeeze(-1).sum(-1)  # [B, L]
+            x = logits.reshape(B * L, n, V)
+            u = None if rows.all_greedy else uniforms((B * L, n), generator, device)
+            candidates = sample_rows(x, rows, u)                                     # [B*L, n]
+            logp = filter_logits(x, rows).log_softmax(-1)
+            confidence = logp.gather(-1, candidates.unsqueeze(-1)).view(B, L, n).sum(-1)   # [B, L]
+            candidates = candidates.view(B, L, n)
             anneal = choice_temperature * (1.0 - (t + 1) / steps)
             confidence = confidence + anneal * _gumbel(confidence.shape, generator, device)
             confidence = confidence.masked_fill(~masked, float("inf"))              # given tokens stay
@@ -68,6 +71,4 @@ def generate_masked(model, cond: torch.Tensor, options: SamplingOptions = Sampli
             keep = torch.minimum(keep, (masked.sum(1) - 1).clamp_min(0))
             ranks = confidence.argsort(dim=1).argsort(dim=1)                        # 0 = least confident
             known = ~(ranks < keep.unsqueeze(1))
-    finally:
-        model.train(was_training)
     return tokens

@@ -26,7 +26,8 @@ def create_app(*args, **kwargs):
 
 def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: str = "auto", rows: int = 32,
           max_n: int = 16, max_pending: int = 64, grace_s: float = 10.0, tokenizer=None, api_keys=None,
-          cors_origins=(), timeout_s: float | None = None) -> None:
+          cors_origins=(), timeout_s: float | None = None, decode: str = "plain", window: int = 16,
+          compile: str = "auto") -> None:
     """Load the generator at `ckpt` and serve it on host:port until SIGINT/SIGTERM (uvicorn, one
     process, one engine). On shutdown, in-flight requests get `grace_s` seconds to finish.
 
@@ -60,7 +61,8 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: s
     gen = imagelm.load(ckpt, device)
     tok = imagelm.linked_tokenizer(gen.meta, tokenizer, device)
     app = _create_app(gen, tok, rows=rows, dtype=dtype, max_n=max_n, max_pending=max_pending, grace_s=grace_s,
-                      api_keys=api_keys, cors_origins=cors_origins, timeout_s=timeout_s)
+                      api_keys=api_keys, cors_origins=cors_origins, timeout_s=timeout_s,
+                      engine_options=dict(decode=decode, window=window, compile=compile))
     info = app.state.info
     _log_to_stderr()
     print(f"serving {info['model']} ({info['conditioning']}-conditional, engine {info['engine']['dtype']}: "

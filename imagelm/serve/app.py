@@ -53,13 +53,14 @@ def _model_name(meta: dict) -> str:
 
 def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max_n: int = 16,
                max_pending: int = 64, grace_s: float = 10.0, text_encoder=None, api_keys=(),
-               cors_origins=(), timeout_s: float | None = None) -> FastAPI:
+               cors_origins=(), timeout_s: float | None = None, engine_options: dict | None = None) -> FastAPI:
     """The FastAPI app serving `generator` (an AR generator from imagelm.load) and decoding with
     `tokenizer` (imagelm.linked_tokenizer). One engine of `rows` cache rows in `dtype`; at most
     `max_n` images a request and `max_pending` requests queued or decoding; on shutdown, in-flight
     work gets `grace_s` seconds to finish before it is cancelled. api_keys: bearer keys the API
     routes require (none: open); cors_origins: browser origins allowed to call it (none by default);
-    timeout_s: each request's deadline (None: none)."""
+    timeout_s: each request's deadline (None: none); engine_options: more Engine arguments
+    (decode, window, compile)."""
     from imagelm.images import decode_tokens, layout_of
     from imagelm.data.transforms import to_uint8
 
@@ -69,7 +70,7 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
         raise ValueError(f"max_n must be >= 1, got {max_n}")
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"the timeout must be > 0 seconds, got {timeout_s}")
-    engine = Engine(generator, rows=rows, dtype=dtype)
+    engine = Engine(generator, rows=rows, dtype=dtype, **(engine_options or {}))
     layout = layout_of(generator)
     worker = EngineWorker(engine, lambda tokens: to_uint8(decode_tokens(tokens, tokenizer, layout)),
                           max_pending=max_pending)
@@ -90,7 +91,8 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
         "text_encoder": (meta.get("text_encoder") if text else None),
         "tokens": config.seq_len, "image_size": getattr(tokenizer.config, "image_size", None),
         "tokenizer": {"kind": type(tokenizer).__name__, "path": (meta.get("tokenizer") or {}).get("path")},
-        "engine": {"dtype": engine.dtype, "why": engine.dtype_reason, "rows": engine.rows},
+        "engine": {"dtype": engine.dtype, "why": engine.dtype_reason, "rows": engine.rows,
+                   "decode": engine.decode, "compiled": engine.compiled},
         "limits": {"max_n": max_n, "max_pending": max_pending, "max_body_bytes": MAX_BODY_BYTES,
                    "max_prompt_chars": MAX_PROMPT_CHARS, "timeout_s": timeout_s},
         "auth": "bearer" if api_keys else None,

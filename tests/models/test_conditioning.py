@@ -85,10 +85,10 @@ def test_padding_positions_get_zero_attention_weight(model, monkeypatch):
     cond = _cond()
     pads = ~cond.mask                                                             # [B, T]
     records = []
-    # Decode steps on CPU take the single-query path; record its weights the same way.
+    # Cached attention on CPU takes the matmul path; record its weights the same way.
     recording = _recording_sdpa(records)
     monkeypatch.setattr(F, "scaled_dot_product_attention", _recording_sdpa(records))
-    monkeypatch.setattr(transformer, "single_query_attention",
+    monkeypatch.setattr(transformer, "cached_attention",
                         lambda q, k, v, mask: recording(q, k, v, attn_mask=mask))
     # Teacher forcing (no cache): every query but a padding position itself gives padding keys weight 0.
     model(torch.randint(0, 40, (3, 16)), cond)
@@ -104,7 +104,7 @@ def test_padding_positions_get_zero_attention_weight(model, monkeypatch):
     records.clear()
     _gen(model, cond, top_k=5)
     assert len(records) == model.config.n_layer * 16                              # prefill + 15 decode steps
-    for w in records:                                                             # [B, H, T_q, max_seq]
+    for w in records:                                                             # [B, H, T_q, keys read]
         key_pad = torch.cat([pads, torch.zeros(3, w.shape[-1] - T, dtype=torch.bool)], 1)
         hit = key_pad[:, None, None, :].expand(w.shape).clone()
         if w.shape[-2] == T:                                                      # prefill: a pad sees itself

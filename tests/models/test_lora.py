@@ -77,7 +77,7 @@ def test_unmerged_model_samples_like_the_merged_one():
     cond = torch.tensor([1, 2])
     options = SamplingOptions(cfg_scale=2.0, top_k=1)
     unmerged = generate(model, cond, options)
-    engine = Engine(model, rows=4, dtype="float32", inplace=False).generate(cond, options, seed=0)
+    engine = Engine(model, rows=4, dtype="float32").generate(cond, options, seed=0)
     merged = generate(merge_lora(model), cond, options)
     assert torch.equal(unmerged, merged) and torch.equal(engine, merged)
 

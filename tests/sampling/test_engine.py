@@ -112,22 +112,17 @@ def test_auto_never_picks_bf16_without_native_bf16():
 
 
 def _first_logits(model, dtype, cond, tokens):
-    """Logits of every position of `tokens` decoded through the engine's caches, [B, L, n, V]."""
+    """Logits of every position of `tokens` decoded one token a step through the engine's model and
+    KV cache (its dtype's weights and cache), [B, L, n, V]."""
     engine = Engine(model, rows=len(cond), dtype=dtype)
-    request = engine.submit(cond, SamplingOptions(temperature=0.0), seed=0)
-    seen = []
-    real = engine._sample_and_advance
-
-    def teacher_forced(logits):          # record the step's logits, then feed the given tokens
-        seen.append(logits[: len(cond)].clone())
-        real(logits)
-        i = request.generated - 1
-        request.tokens[:, i] = tokens[:, i]
-        engine._row_input[: len(cond)] = tokens[:, i]
-
-    engine._sample_and_advance = teacher_forced
-    engine.run()
-    return torch.stack(seen, dim=1)
+    m, cache, P = engine.model, engine.cache, model.config.cls_token_num
+    with torch.no_grad():
+        prefix, mask = m.embed_condition(cond)
+        seen = [m.logits(prefix, torch.arange(P), cache, mask, key_length=P, last=1)]
+        for i in range(tokens.shape[1] - 1):
+            h = m.embed_tokens(tokens[:, i:i + 1])
+            seen.append(m.logits(h, torch.tensor([P + i]), cache, key_length=P + i + 1))
+    return torch.cat(seen, dim=1)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [("bfloat16", 0.05), ("int8", 0.05)])
@@ -172,3 +167,88 @@ def test_api_sample_switches_dtypes_on_one_generator():
     assert next(model.parameters()).dtype == torch.float32         # the caller's model is untouched
     plain = imagelm.sample(model, [1, 2], n=2, cfg_scale=2.0, seed=3, engine="plain")
     assert torch.equal(fp32, plain)
+
+
+def test_given_tokens_are_kept_and_the_rest_matches_the_plain_sampler():
+    model = random_model()
+    L = model.config.seq_len
+    g = torch.Generator().manual_seed(5)
+    given = torch.randint(0, model.config.vocab_size, (2, L, 1), generator=g)
+    known = torch.rand(2, L, generator=g) < 0.5
+    options = OPTIONS[3]
+    cond = torch.tensor([1, 2])
+    reference = generate(model, cond, options, torch.Generator().manual_seed(9), given=given, known=known)
+    assert torch.equal(reference[known], given[known])
+    engine = Engine(model, rows=8, dtype="float32")
+    other = engine.submit(torch.tensor([3]), options, seed=1)          # shares the batch, knows nothing
+    engine.step()
+    edited = engine.submit(cond, options, seed=9, given=given, known=known)
+    engine.run()
+    assert torch.equal(edited.tokens, reference)
+    assert torch.equal(other.tokens, plain(model, torch.tensor([3]), options, 1))
+    nothing = generate(model, cond, options, torch.Generator().manual_seed(9), given=given,
+                       known=torch.zeros_like(known))
+    assert torch.equal(nothing, plain(model, cond, options, 9))        # nothing known: plain sampling
+    with pytest.raises(EngineError, match="pass both or neither"):
+        engine.submit(cond, options, given=given)
+
+
+def test_compiled_engine_gives_the_plain_tokens_for_every_option_set():
+    """One compiled engine (a graph per row bucket and filter set) serves every option set above."""
+    model = random_model()
+    engine = Engine(model, rows=16, dtype="float32", compile="on")
+    assert engine.compiled
+    for options in OPTIONS:
+        conds = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 4, 5])]
+        requests = []
+        for seed, cond in enumerate(conds):
+            requests.append((engine.submit(cond, options, seed=seed), cond, seed))
+            engine.step()
+            engine.step()
+        engine.run()
+        for request, cond, seed in requests:
+            assert torch.equal(request.tokens, plain(model, cond, options, seed)), options
+
+
+def _snapshot(model):
+    """Everything a sampler could change on a model: state (names and values) and every module's
+    attributes (names and the objects they hold)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    attributes = [(name, sorted(vars(m)), {k: id(v) for k, v in vars(m).items() if k != "training"})
+                  for name, m in model.named_modules()]
+    return state, attributes, model.training
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_no_sampler_mutates_the_model(training):
+    from imagelm.sampling.masked import generate_masked
+    model = random_model().train(training)
+    before = _snapshot(model)
+    cond = torch.tensor([1, 2])
+    generate(model, cond, OPTIONS[2], torch.Generator().manual_seed(0))
+    for dtype in ("float32", "bfloat16"):
+        Engine(model, rows=4, dtype=dtype).generate(cond, OPTIONS[2], seed=0)
+    Engine(model, rows=4, dtype="float32", decode="jacobi", window=4).generate(cond, OPTIONS[2], seed=0)
+    after = _snapshot(model)
+    assert before[1] == after[1] and before[2] == after[2]
+    assert before[0].keys() == after[0].keys()
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    mlm = build_generator(gpt_config("tiny", grid_size=4), kind="mlm").train(training)
+    before = _snapshot(mlm)
+    generate_masked(mlm, cond, OPTIONS[1], steps=3, generator=torch.Generator().manual_seed(0))
+    assert _snapshot(mlm)[1:] == before[1:]
+
+
+def test_the_masked_model_runs_the_same_forward():
+    """The masked generator's logits are GeneratorBase.logits over [prefix | tokens], no cache."""
+    mlm = build_generator(gpt_config("tiny", grid_size=4), kind="mlm").eval()
+    for head in mlm.output.heads:
+        nn.init.normal_(head.weight, std=0.5)
+    tokens = torch.randint(0, mlm.config.vocab_size, (2, 16, 1))
+    hidden = torch.rand(2, 16) < 0.5
+    cond = torch.tensor([0, 3])
+    x = torch.where(hidden[..., None], mlm.mask_embedding, mlm.embed_tokens(tokens))
+    prefix, _ = mlm.embed_condition(cond)
+    h = torch.cat([prefix, x], 1)
+    direct = mlm.logits(h, torch.arange(h.shape[1]), last=16)
+    assert torch.equal(mlm(tokens, cond, hidden), direct)

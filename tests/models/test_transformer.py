@@ -1,7 +1,7 @@
 import torch
 
 from imagelm.models.presets import GPTConfig
-from imagelm.models.transformer import RMSNorm, Transformer, apply_rope, rope_2d_table
+from imagelm.models.transformer import KVCache, RMSNorm, Transformer, apply_rope, rope_2d_table
 
 
 def _cfg(**kw):
@@ -57,9 +57,9 @@ def _kv_matches_full(cfg):
     T = 1 + cfg.seq_len
     h = torch.randn(2, T, cfg.dim)
     full = trunk(h, torch.arange(T))
-    trunk.setup_caches(2)
-    prefill = trunk(h[:, :5], torch.arange(5))
-    steps = [trunk(h[:, i:i + 1], torch.tensor([i])) for i in range(5, T)]
+    cache = KVCache(cfg, 2)
+    prefill = trunk(h[:, :5], torch.arange(5), cache, key_length=5)
+    steps = [trunk(h[:, i:i + 1], torch.tensor([i]), cache, key_length=i + 1) for i in range(5, T)]
     cached = torch.cat([prefill] + steps, dim=1)
     return (full - cached).abs().max().item()
 

@@ -1,0 +1,146 @@
+"""Speculative Jacobi decoding vs one token per step, on trained generators, in one run.
+
+For each trained class-conditional generator (`--ckpt`, with its data's built-in classifier from
+`imagelm train-features`), plain (one token per step) and Jacobi decoding through the same engine:
+- forward passes per image and mean tokens accepted per pass;
+- wall ms per image at 1 / 4 / 16 images (all admitted at once; a warm-up run first, not counted);
+- quality of `--per-class` samples of every class: the classifier's accuracy and FID on its
+  features against held-out real images, for plain sampling with two seeds (the run-to-run spread)
+  and Jacobi decoding.
+And for GPT-B with random weights (`--gpt-b`), the cost of one pass: a 1-token decode step vs a
+W-token verify step, ms per pass at 1 / 4 / 16 images.
+
+    python benchmarks/bench_jacobi.py --ckpt runs/demo/gpt --classifier runs/features/shapes-simple \\
+        --data shapes-simple --ckpt runs/digits/gpt --classifier runs/features/digits --data digits --gpt-b
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+import imagelm
+from imagelm.data import build_dataset
+from imagelm.data.transforms import to_uint8
+from imagelm.eval.classifier import class_accuracy, load_classifier
+from imagelm.eval.fid import feature_stats, frechet_distance
+from imagelm.runtime import cpu_description
+from imagelm.sampling.engine import Engine
+from imagelm.sampling.logits import SamplingOptions
+
+
+def features(clf, images_uint8: np.ndarray) -> np.ndarray:
+    """The classifier's penultimate features: uint8 [N, H, W, 3] -> [N, F]."""
+    with torch.no_grad():
+        x = torch.as_tensor(images_uint8)
+        return torch.cat([clf(clf.prepare(x[i:i + 256]))[0] for i in range(0, len(x), 256)]).numpy()
+
+
+def run_engine(gen, cond, options, seed, decode, window, dtype):
+    """(tokens, seconds, forward passes) of one batch, all images admitted at once."""
+    engine = Engine(gen, rows=len(cond) * (2 if options.guided else 1), dtype=dtype, decode=decode, window=window)
+    start = time.perf_counter()
+    request = engine.submit(cond, options, seed=seed)
+    steps = 0
+    while not request.finished:
+        engine.step()
+        steps += 1
+    seconds = time.perf_counter() - start
+    passes = engine._jacobi.passes if engine._jacobi is not None else steps - 1    # the prefill step decodes nothing
+    return request.tokens, seconds, passes
+
+
+def trained(ckpt, clf_dir, data, a, options):
+    gen = imagelm.load(ckpt)
+    tok = imagelm.linked_tokenizer(gen.meta)
+    clf = load_classifier(clf_dir)
+    L = gen.config.seq_len
+    print(f"\n## {ckpt} ({data}): {L} tokens per image, {gen.config.num_classes} classes, window {a.window}, "
+          f"dtype {a.dtype}")
+    print(f"{'images':>6} {'decode':<7} {'passes/img':>10} {'tok/pass':>8} {'ms/img':>8} {'speed-up':>8}")
+    for batch in a.batches:
+        cond = torch.arange(batch) % gen.config.num_classes
+        row = {}
+        for decode in ("plain", "jacobi"):
+            run_engine(gen, cond, options, 99, decode, a.window, a.dtype)                 # warm-up
+            times, passes = [], []
+            for rep in range(a.reps):
+                _, seconds, p = run_engine(gen, cond, options, rep, decode, a.window, a.dtype)
+                times.append(seconds)
+                passes.append(p)
+            ms = np.median(times) / batch * 1e3
+            row[decode] = ms
+            per_image = np.mean(passes)                  # every image of the batch runs in every pass
+            print(f"{batch:>6} {decode:<7} {per_image:>10.1f} {L / per_image:>8.2f} {ms:>8.1f} "
+                  f"{row['plain'] / ms:>7.2f}x", flush=True)
+    # Quality: the same number of samples per class.
+    size = getattr(getattr(tok, "config", None), "image_size", 32)
+    real = build_dataset(data, image_size=size, split="test", length=1000)
+    mu_r, sigma_r = feature_stats(features(clf, to_uint8(torch.stack([real[i][0] for i in range(len(real))]))))
+    labels = torch.arange(gen.config.num_classes).repeat_interleave(a.per_class)
+    print(f"quality: {len(labels)} samples, classifier accuracy and FID on its features vs {len(real)} real")
+    for name, decode, seed in (("plain seed 0", "plain", 0), ("plain seed 1", "plain", 1), ("jacobi seed 0", "jacobi", 0)):
+        tokens = torch.cat([run_engine(gen, labels[i:i + 64], options, seed + i, decode, a.window, a.dtype)[0]
+                            for i in range(0, len(labels), 64)])
+        images = to_uint8(imagelm.decode_tokens(tokens, tok).float())
+        acc = class_accuracy(clf, images, labels.numpy())
+        mu, sigma = feature_stats(features(clf, images))
+        print(f"  {name:<14} accuracy {acc:.3f}  FID {frechet_distance(mu, sigma, mu_r, sigma_r):.2f}", flush=True)
+
+
+def pass_cost(a):
+    """ms of one 1-token decode pass vs one W-token verify pass for GPT-B (random weights)."""
+    from imagelm.models import build_generator, gpt_config
+    model = build_generator(gpt_config("GPT-B")).eval()
+    for head in model.output.heads:
+        torch.nn.init.normal_(head.weight, std=0.02)
+    options = SamplingOptions(cfg_scale=2.0)
+    print(f"\n## GPT-B, random weights: one pass, ms (CFG: 2 rows per image), window {a.window}, dtype {a.dtype}")
+    print(f"{'images':>6} {'decode 1 tok':>12} {'verify W tok':>12} {'ratio':>6}")
+    for batch in a.batches:
+        cond = torch.arange(batch) % 1000
+        row = {}
+        for decode in ("plain", "jacobi"):
+            engine = Engine(model, rows=2 * batch, dtype=a.dtype, decode=decode, window=a.window)
+            request = engine.submit(cond, options, seed=0)
+            for _ in range(6):                                                             # warm-up
+                engine.step()
+            start = time.perf_counter()
+            for _ in range(a.passes):
+                engine.step()
+            row[decode] = (time.perf_counter() - start) / a.passes * 1e3
+            request.cancel()
+            engine.step()
+        print(f"{batch:>6} {row['plain']:>12.1f} {row['jacobi']:>12.1f} {row['jacobi'] / row['plain']:>5.2f}x", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", action="append", default=[], help="a trained generator (repeatable)")
+    p.add_argument("--classifier", action="append", default=[], help="its data's built-in classifier")
+    p.add_argument("--data", action="append", default=[], help="its data set")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--cfg", type=float, default=2.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--per-class", type=int, default=64)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--gpt-b", action="store_true", help="also time one pass of GPT-B (random weights)")
+    p.add_argument("--passes", type=int, default=10)
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    print(f"# CPU: {platform.processor() or 'x86_64'} ({cpu_description()}), {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; CFG {a.cfg}, top-k {a.top_k}")
+    options = SamplingOptions(cfg_scale=a.cfg, top_k=a.top_k)
+    for ckpt, clf, data in zip(a.ckpt, a.classifier, a.data):
+        trained(ckpt, clf, data, a, options)
+    if a.gpt_b:
+        pass_cost(a)
+
+
+if __name__ == "__main__":
+    main()

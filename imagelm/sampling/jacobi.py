@@ -1,0 +1,286 @@
+"""Speculative Jacobi decoding (SJD, arXiv 2410.01699): fewer forward passes than tokens, with the
+model's own sampling distribution.
+
+Each image keeps a window of W draft tokens ahead of what it has accepted, each drawn from a known
+proposal distribution q. One forward pass feeds the last accepted token and the first W-1 drafts (a
+W-token verify step of the one forward, per row at its own positions) and returns the model's
+distribution p at every window slot, after guidance, temperature, top-k and top-p exactly as the
+plain sampler computes them. Then, slot by slot:
+
+- draft x is accepted with probability min(1, p(x) / q(x)) (sub-tokens: the joint probability of
+  the position's n sub-tokens, the product over its heads);
+- at the first rejection, a token is drawn from the normalised residual max(0, p - q) and the window
+  stops there: every slot before it, and that one, are tokens of the image.
+
+This is speculative sampling, so each accepted token has exactly the model's distribution given the
+tokens before it, whatever the drafts were: the drafts only decide how many tokens a pass yields
+(at least one). Greedy decoding (temperature 0 or top-k 1) makes p one-hot, so it yields exactly the
+argmax tokens.
+
+Drafts (the Jacobi part, how good the guesses are): slots after the rejection are re-drafted from
+this pass's p at those slots (conditioned on the old drafts, so only a guess), by maximal coupling
+with the old draft (MC-SJD, arXiv 2510.24211): the old draft is kept with probability
+min(1, p(x)/q(x)), else a token is drawn from the residual max(0, p - q). That is a draw from p
+that changes as few drafts as possible between passes, so windows settle faster than with SJD's
+independent re-draws; its proposal is then p. New slots at the window's end are drawn from the
+distribution at the last slot (neighbouring image tokens are alike).
+
+What is approximate: nothing for one token per position. With n > 1 sub-tokens the residual over the
+joint vocabulary (V^n values) is drawn by rejection from p with a bounded number of candidates
+(RESIDUAL_CANDIDATES); if every candidate is rejected, which happens with probability at most about
+1% of a rejection, the last candidate (a draw from p) is taken.
+
+Randomness: per pass every image draws a fixed block of uniforms from its request's torch.Generator,
+so the same seed gives the same tokens (not the plain sampler's tokens: another random stream, the
+same distribution).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from imagelm.sampling.logits import RowSampling, SamplingOptions, filter_logits, guide, inverse_cdf, uniforms
+
+DEFAULT_WINDOW = 16
+RESIDUAL_CANDIDATES = 64
+
+
+# ---------------------------------------------------------------- the maths (per slot, batched)
+def slot_probs(x: torch.Tensor, rows: RowSampling) -> torch.Tensor:
+    """The sampling distribution of each slot: guided logits x [N, n, V] -> probabilities [N, n, V]
+    after temperature, top-k and top-p (rows: one per slot); one-hot at the argmax for greedy rows."""
+    if rows.all_greedy:
+        return torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype)
+    probs = filter_logits(x, rows).softmax(-1)
+    if rows.any_greedy:
+        onehot = torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype)
+        probs = torch.where(rows.greedy[:, None, None], onehot, probs)
+    return probs
+
+
+def joint(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Probability of a position's sub-tokens: probs [..., n, V], tokens [..., n] -> [...]."""
+    return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).prod(-1)
+
+
+def residual_draw(p: torch.Tensor, q: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A draw from the normalised residual max(0, p - q) of joint distributions over n sub-tokens:
+    p, q [N, n, V] (per sub-token factors), u [N, C] uniforms (C = residual_uniforms(n)) -> [N, n].
+
+    n = 1: exact, by inverse CDF of max(0, p - q) (p itself where p = q, where no rejection happens).
+    n > 1: candidates y ~ p accepted with probability max(0, 1 - q(y) / p(y)), the first accepted
+    taken (the last candidate if none is: see the module doc)."""
+    N, n, V = p.shape
+    if n == 1:
+        r = (p[:, 0] - q[:, 0]).clamp_min(0)                                            # [N, V]
+        r = torch.where(r.sum(-1, keepdim=True) > 0, r, p[:, 0])
+        return inverse_cdf(r, u[:, :1]).unsqueeze(-1)
+    K = RESIDUAL_CANDIDATES
+    draws = u[:, :K * n].view(N, K, n)                                                  # [N, K, n]
+    accept_u = u[:, K * n:K * n + K]                                                    # [N, K]
+    pk = p.unsqueeze(1).expand(N, K, n, V).reshape(-1, V)
+    cand = inverse_cdf(pk, draws.reshape(-1, 1)).view(N, K, n)                          # y ~ p
+    pj = joint(p.unsqueeze(1).expand(N, K, n, V), cand)
+    qj = joint(q.unsqueeze(1).expand(N, K, n, V), cand)
+    ok = accept_u < (1 - qj / pj.clamp_min(1e-30)).clamp_min(0)                         # [N, K]
+    ok[:, -1] = True
+    first = ok.float().argmax(-1)                                                       # first True
+    return cand[torch.arange(N, device=p.device), first]
+
+
+def residual_uniforms(n: int) -> int:
+    """Uniforms residual_draw consumes per draw for n sub-tokens."""
+    return 1 if n == 1 else RESIDUAL_CANDIDATES * (n + 1)
+
+
+@dataclass
+class Verdict:
+    """One verify pass over I windows of W slots: tokens [I, W, n] the image's tokens at the first
+    `count` slots (count [I], 1 <= count <= W unless a window is empty), and the next window's drafts
+    [I, W, n] and proposals [I, W, n, V]."""
+    tokens: torch.Tensor
+    count: torch.Tensor
+    drafts: torch.Tensor
+    proposals: torch.Tensor
+
+
+def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, valid: torch.Tensor,
+           u_accept: torch.Tensor, u_residual: torch.Tensor, u_fresh: torch.Tensor,
+           known: torch.Tensor | None = None) -> Verdict:
+    """Speculative acceptance of I windows and the next drafts (see the module doc).
+
+    p, q [I, W, n, V]: the model's and the proposals' distributions per slot; drafts [I, W, n];
+    valid [I, W] bool: slots inside the image (a window near the end is shorter); u_accept [I, W],
+    u_residual [I, W, C], u_fresh [I, W, n] uniforms; known [I, W]: slots whose token is fixed in
+    advance (always accepted: the caller drafts the given token there).
+    """
+    I, W, n, V = p.shape
+    ratio = joint(p, drafts) / joint(q, drafts).clamp_min(1e-30)                        # [I, W]
+    accept = u_accept < ratio
+    if known is not None:
+        accept = accept | known
+    accept = accept & valid
+    count = accept.long().cumprod(1).sum(1)                                             # leading accepts
+    residual = residual_draw(p.reshape(I * W, n, V), q.reshape(I * W, n, V),
+                             u_residual.reshape(I * W, -1)).view(I, W, n)
+    # The image's tokens: accepted drafts, then the residual draw at the first rejection.
+    slot = torch.arange(W, device=p.device)
+    tokens = torch.where((slot < count[:, None])[..., None], drafts, residual)
+    total = torch.minimum(count + 1, valid.sum(1))                                      # [I]
+    # Re-draft by maximal coupling: keep an old draft where it was accepted, else the residual draw
+    # (a draw from p either way); the proposal becomes p.
+    redrafted = torch.where(accept[..., None], drafts, residual)
+    # Shift every window by its total; new slots at the end come from the last valid slot's p.
+    last = (valid.sum(1) - 1).clamp_min(0)
+    tail = p[torch.arange(I, device=p.device), last]                                    # [I, n, V]
+    fresh = inverse_cdf(tail.unsqueeze(1).expand(I, W, n, V).reshape(-1, V),
+                        u_fresh.reshape(-1, 1)).view(I, W, n)
+    index = total[:, None] + slot                                                       # [I, W]
+    inside = index < W
+    take = index.clamp(max=W - 1)
+    next_drafts = torch.where(inside[..., None], redrafted.gather(1, take[..., None].expand(I, W, n)), fresh)
+    next_q = torch.where(inside[..., None, None],
+                         p.gather(1, take[..., None, None].expand(I, W, n, V)), tail.unsqueeze(1).expand(I, W, n, V))
+    return Verdict(tokens, total, next_drafts, next_q)
+
+
+# ---------------------------------------------------------------- in the engine
+@dataclass
+class JacobiState:
+    """A request's windows: drafts [n, W, n_sub], proposals [n, W, n_sub, V], and each image's
+    number of tokens so far (host ints)."""
+    drafts: torch.Tensor
+    proposals: torch.Tensor
+    progress: list[int]
+
+
+def at_indices(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table [I, L, ...] at token indices index [I, W] (clamped to the last) -> [I, W, ...]."""
+    L = table.shape[1]
+    index = index.clamp(max=L - 1)
+    return table.gather(1, index.view(*index.shape, *[1] * (table.dim() - 2)).expand(*index.shape, *table.shape[2:]))
+
+
+class JacobiDecoding:
+    """The engine's decode step when it runs with decode="jacobi": one verify pass of every running
+    image's window per step, each image accepting its own number of tokens (see the module doc)."""
+
+    def __init__(self, engine, window: int = DEFAULT_WINDOW):
+        if window < 1:
+            raise ValueError(f"the Jacobi window must be >= 1 token, got {window}")
+        self.engine, self.window = engine, window
+        self.passes = 0                  # forward passes run (verify steps), for reports
+        self._rows = None                # RowSampling of the batch's slots, per batch
+
+    def start(self, requests, logits: torch.Tensor, batch) -> None:
+        """After the prefill sampled each request's first token: its first window, drawn from that
+        token's distribution. logits [A, n_sub, V] of the prefill, batch its DecodeBatch."""
+        e, W = self.engine, self.window
+        x0 = guide(logits[batch.read], logits[batch.read_null], batch.scales[:, :1, None])   # [I, n_sub, V]
+        start = 0
+        for r in requests:
+            drafts, proposals = first_window(x0[start:start + r.n], r.options, W, r.generator, e.device)
+            if r.known is not None:
+                index = (1 + torch.arange(W, device=e.device)).expand(r.n, W)
+                drafts = torch.where(at_indices(r.known, index)[..., None], at_indices(r.given, index), drafts)
+            r.jacobi = JacobiState(drafts, proposals, [1] * r.n)
+            start += r.n
+
+    def batch_changed(self) -> None:
+        self._rows = None
+
+    @torch.no_grad()
+    def step(self, batch) -> None:
+        """One verify pass over the running requests (batch: their eager DecodeBatch)."""
+        e, W, requests = self.engine, self.window, self.engine._running
+        L, n, P, max_seq = e.length, e.n_sub, e.prefix_len, e.cache.max_seq
+        device = e.device
+        progress_list = [g for r in requests for g in r.jacobi.progress]
+        progress = torch.tensor(progress_list, device=device)                          # [I]
+        I, V = len(progress_list), e.config.vocab_size
+        drafts = torch.cat([r.jacobi.drafts for r in requests])                        # [I, W, n]
+        q = torch.cat([r.jacobi.proposals for r in requests])                           # [I, W, n, V]
+        # Inputs of every row: its last token, then the first W-1 drafts, at its next W positions.
+        R = batch.rows
+        cur = e._inputs[batch.write]                                                    # [I, n]
+        image_inputs = torch.cat([cur[:, None], drafts[:, :W - 1]], dim=1)              # [I, W, n]
+        row_inputs = torch.zeros(e.rows + 1, W, n, dtype=torch.long, device=device)
+        row_inputs[batch.write] = image_inputs
+        row_inputs[batch.write_null] = image_inputs
+        slot = torch.arange(W, device=device)
+        positions = (e._positions[:R, None] + slot).clamp(max=max_seq - 1)              # [R, W]
+        key_length = min(max_seq, P + max(progress_list) - 1 + W)
+        h = e.model.embed_tokens(row_inputs[:R])                                        # [R, W, dim]
+        logits = e.model.logits(h, positions, e.cache, key_length=key_length)           # [R, W, n, V]
+        self.passes += 1
+        index = progress[:, None] + slot                                                # token index per slot
+        x = guided_window(logits, batch.read, batch.read_null, window_scales(batch.scales, progress, W))
+        if self._rows is None:
+            self._rows = RowSampling.of([r.options for r in requests for _ in range(r.n) for _ in range(W)], V, device)
+        p = slot_probs(x.reshape(I * W, n, V), self._rows).view(I, W, n, V)
+        valid = index < L
+        known = given = None
+        if batch.known is not None:
+            known, given = at_indices(batch.known, index) & valid, at_indices(batch.given, index)
+        draws = [pass_uniforms(r.n, W, n, r.generator, device) for r in requests]
+        u_accept, u_residual, u_fresh = (torch.cat(part) for part in zip(*draws))
+        verdict = verify(p, q, drafts, valid, u_accept, u_residual, u_fresh, known)
+        total = verdict.count                                                           # [I]
+        next_drafts = verdict.drafts
+        if known is not None:   # the next window drafts the given tokens where they are known
+            ahead = (progress + total)[:, None] + slot
+            next_drafts = torch.where(at_indices(batch.known, ahead)[..., None], at_indices(batch.given, ahead),
+                                      next_drafts)
+        # Feed each image's last token next, from positions advanced by what it took.
+        last = verdict.tokens.gather(1, (total - 1).clamp(min=0)[:, None, None].expand(I, 1, n))[:, 0]
+        last = torch.where((total > 0)[:, None], last, cur)
+        e._inputs[batch.write] = last
+        e._inputs[batch.write_null] = last
+        advance = torch.zeros(e.rows + 1, dtype=torch.long, device=device)
+        advance[batch.write] = total
+        advance[batch.write_null] = total
+        e._positions += advance[:e.rows]
+        totals, start = total.tolist(), 0
+        for r in requests:
+            state = r.jacobi
+            for i in range(r.n):
+                g, t = state.progress[i], totals[start + i]
+                r.tokens[i, g:g + t] = verdict.tokens[start + i, :t]
+                state.progress[i] = g + t
+            state.drafts = next_drafts[start:start + r.n]
+            state.proposals = verdict.proposals[start:start + r.n]
+            r.generated = min(state.progress)
+            start += r.n
+
+
+def first_window(x0: torch.Tensor, options: SamplingOptions, window: int, generator, device) -> tuple:
+    """Drafts and proposals of a first window from the prefill's guided logits x0 [n, n_sub, V]: every
+    slot drawn from the first token's distribution -> (drafts [n, W, n_sub], proposals [n, W, n_sub, V])."""
+    n, n_sub, V = x0.shape
+    probs = slot_probs(x0.float(), RowSampling.of([options] * n, V, device))            # [n, n_sub, V]
+    u = uniforms((n, window, n_sub), generator, device)
+    drafts = inverse_cdf(probs.unsqueeze(1).expand(n, window, n_sub, V).reshape(-1, V),
+                         u.reshape(-1, 1)).view(n, window, n_sub)
+    return drafts, probs.unsqueeze(1).expand(n, window, n_sub, V).contiguous()
+
+
+def pass_uniforms(n_images: int, window: int, n_sub: int, generator, device) -> tuple:
+    """One pass's uniforms of a request's images: (accept [n, W], residual [n, W, C], fresh [n, W, n_sub])."""
+    C = residual_uniforms(n_sub)
+    u = uniforms((n_images, window, 1 + C + n_sub), generator, device)
+    return u[..., 0], u[..., 1:1 + C], u[..., 1 + C:]
+
+
+def window_scales(scales: torch.Tensor, start: torch.Tensor, window: int) -> torch.Tensor:
+    """Guidance scale of every slot: scales [I, L] per token index, start [I] the window's first
+    token index -> [I, W, 1, 1] (clamped at the last token)."""
+    L = scales.shape[1]
+    index = (start[:, None] + torch.arange(window, device=start.device)).clamp(max=L - 1)
+    return scales.gather(1, index)[..., None, None]
+
+
+def guided_window(logits: torch.Tensor, read: torch.Tensor, read_null: torch.Tensor,
+                  scale: torch.Tensor) -> torch.Tensor:
+    """logits [R, W, n, V] of a verify pass -> each image's guided logits [I, W, n, V]."""
+    return guide(logits[read], logits[read_null], scale)
