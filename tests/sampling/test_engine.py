@@ -252,3 +252,16 @@ def test_the_masked_model_runs_the_same_forward():
     h = torch.cat([prefix, x], 1)
     direct = mlm.logits(h, torch.arange(h.shape[1]), last=16)
     assert torch.equal(mlm(tokens, cond, hidden), direct)
+
+
+def test_compile_auto_compiles_only_when_the_work_pays_for_it():
+    from imagelm.sampling.engine import choose_compile
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_compile(cpu, "auto", workload=64)[0] is False          # one `imagelm sample` batch
+    assert choose_compile(cpu, "auto", workload=None)[0] is False        # a CPU server: no stall
+    assert choose_compile(cpu, "auto", workload=50_000)[0] is True       # a long sample-many
+    assert choose_compile(cuda, "auto", workload=None)[0] is True        # launch-bound eager step
+    assert choose_compile(cpu, "on", workload=1) == (True, "as asked")
+    assert choose_compile(cpu, False)[0] is False
+    with pytest.raises(Exception, match="unknown compile choice"):
+        choose_compile(cpu, "sometimes")

@@ -352,7 +352,7 @@ def test_imagelm_serve_answers_and_stops_cleanly_on_sigterm(tiny_generator):
         assert "serving gpt" in out and "server stopped" in out
         # Each request either finished (200), was turned away while closing (503), or met the closed
         # listener (refused); on a loaded machine any mix of these can happen.
-        assert len(results) == 4 and set(results) <= {200, 503, "refused"}, results
+        assert len(results) == 4 and set(results) <= {200, 503, "refused"}, (results, out)
     finally:
         if proc.poll() is None:
             proc.kill()
