@@ -176,6 +176,9 @@ def _sample(a) -> None:
     gen = imagelm.load(a.ckpt, a.device)
     classes, what = _conditions(a, gen)
     _say_sampler(gen, a)
+    if a.size:
+        from imagelm.cli_edit import sample_size
+        return sample_size(a, gen, classes, imagelm.linked_tokenizer(gen.meta, a.tokenizer, a.device))
     tokens = imagelm.sample(gen, classes, n=a.n, cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule,
                             cfg_interval=a.cfg_interval, temperature=a.temperature, top_k=a.top_k,
                             top_p=a.top_p, seed=a.seed, steps=a.steps, progress=True, engine=a.engine,
@@ -403,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png")
     s.add_argument("--each", default=None, help="also write one PNG per image into this folder")
     s.add_argument("--tokens-out", default=None, help="also save the tokens [B, L, n] as .npy")
+    s.add_argument("--size", default=None, metavar="WxH",
+                   help="pixels, for canvases larger than the trained size (a sliding window of the trained grid)")
     sampler_args(s)
     common(s)
     s.set_defaults(func=_sample)
@@ -514,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         ef.add_argument("out", help="the .pt file to write")
         ef.add_argument("--force", action="store_true", help="export even where LlamaGen would compute differently")
         ef.set_defaults(func=_export, format=fmt)
+    from imagelm.cli_edit import add_parsers
+    add_parsers(sub, sampler_args, common)
     return p
 
 
