@@ -17,7 +17,8 @@ import torch
 from imagelm import checkpoint
 from imagelm.models import load_generator
 from imagelm.models.conditioning import TextCondition
-from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.autoregressive import generate
+from imagelm.sampling.conventions import plan_sampling, resolve_conventions
 from imagelm.sampling.engine import Engine
 from imagelm.sampling.masked import generate_masked
 from imagelm.tokenizers import load_tokenizer
@@ -68,10 +69,10 @@ def encode_prompts(generator, prompts: list[str], text_encoder=None) -> TextCond
     return text_encoder.encode(list(prompts)).to(device)
 
 
-def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
-           cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           seed: int = 0, steps: int = 10, progress: bool = False, text_encoder=None,
-           engine: str = "engine", dtype: str = "auto") -> torch.Tensor:
+def sample(generator, cond, n: int = 1, cfg_scale: float | None = None, cfg_schedule: str | None = None,
+           cfg_interval: int | None = None, temperature: float | None = None, top_k: int | None = None,
+           top_p: float | None = None, seed: int = 0, steps: int | None = None, progress: bool = False,
+           text_encoder=None, engine: str = "engine", dtype: str = "auto", conventions: str = "auto") -> torch.Tensor:
     """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]; for a text
     generator, prompts (a string or list of B strings) or a TextCondition
     -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
@@ -80,22 +81,32 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
     AR generators decode token by token, through the fast engine (`engine="engine"`, in `dtype`:
     auto | float32 | bfloat16 | int8, see sampling/engine.py) or the plain reference sampler
     (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. Masked (mlm)
-    generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps)."""
+    generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps).
+
+    conventions: whose meaning the options have (sampling/conventions.py): "auto" (the checkpoint's:
+    ELM's or LlamaGen's for a model imported from there, else ours), "imagelm", "elm", "llamagen".
+    An option left None takes those conventions' default (ours: no guidance, temperature 1, no
+    top-k / top-p, 10 steps)."""
     if n < 1:
         raise ValueError(f"the number of images per condition must be >= 1, got {n}")
     device = next(generator.parameters()).device
+    meta = getattr(generator, "meta", {})
+    kind = getattr(generator, "kind", "ar")
+    plan = plan_sampling(resolve_conventions(conventions, meta), kind, generator.config.cond,
+                         cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_interval=cfg_interval,
+                         temperature=temperature, top_k=top_k, top_p=top_p, steps=steps)
     if generator.config.cond == "text":
         if not isinstance(cond, TextCondition):
             cond = encode_prompts(generator, [cond] if isinstance(cond, str) else list(cond), text_encoder)
     elif not torch.is_tensor(cond):
-        meta = getattr(generator, "meta", {})
         cond = torch.tensor(resolve_classes(list(cond), meta.get("class_names", []),
                                             generator.config.num_classes))
     cond = cond.to(device).repeat_interleave(n)
-    options = SamplingOptions(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
+    options = plan.options
     rng = torch.Generator(device).manual_seed(seed)
-    if getattr(generator, "kind", "ar") == "mlm":
-        return generate_masked(generator, cond, options, steps, rng, progress=progress)
+    if kind == "mlm":
+        return generate_masked(generator, cond, options, plan.steps, rng, choice_temperature=plan.choice_temperature,
+                               progress=progress, remask=plan.remask)
     if engine == "plain":
         return generate(generator, cond, options, rng, progress=progress)
     if engine != "engine":

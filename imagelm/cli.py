@@ -173,13 +173,17 @@ def _sample(a) -> None:
     from imagelm.data.transforms import save_grid
     if a.n < 1:
         raise ValueError(f"--n must be >= 1, got {a.n}")
+    from imagelm.sampling.conventions import resolve_conventions
     gen = imagelm.load(a.ckpt, a.device)
     classes, what = _conditions(a, gen)
-    _say_sampler(gen, a)
+    conventions = resolve_conventions(a.conventions, gen.meta)
+    if a.cfg is None and conventions == "imagelm":
+        a.cfg = 2.0                      # ours; an import's default is its original script's
+    _say_sampler(gen, a, conventions)
     tokens = imagelm.sample(gen, classes, n=a.n, cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule,
                             cfg_interval=a.cfg_interval, temperature=a.temperature, top_k=a.top_k,
                             top_p=a.top_p, seed=a.seed, steps=a.steps, progress=True, engine=a.engine,
-                            dtype=a.dtype)
+                            dtype=a.dtype, conventions=conventions)
     if a.tokens_out:
         np.save(a.tokens_out, tokens.cpu().numpy())
         print(f"tokens {tuple(tokens.shape)}: {a.tokens_out}")
@@ -201,10 +205,12 @@ def _sample(a) -> None:
         print(f"one PNG per image: {folder}")
 
 
-def _say_sampler(gen, a) -> None:
+def _say_sampler(gen, a, conventions: str = "imagelm") -> None:
     from imagelm.runtime import choose_sampling_dtype
+    if conventions != "imagelm":
+        print(f"sampling conventions: {conventions}'s (its schedules and defaults; --conventions imagelm for ours)")
     if getattr(gen, "kind", "ar") != "ar":
-        print(f"sampler: masked parallel decoding, {a.steps} steps")
+        print(f"sampler: masked parallel decoding, {a.steps or 10} steps")
     elif a.engine == "plain":
         print("sampler: plain (reference), float32")
     else:
@@ -391,14 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", action="append", default=None, help="a caption (text generators; repeatable)")
     s.add_argument("--prompts", default=None, help="a text file of captions, one per line")
     s.add_argument("--n", type=int, default=4, help="images per class or prompt")
-    s.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
-    s.add_argument("--cfg-schedule", default="constant", choices=list(CFG_SCHEDULES),
-                   help="constant, or rising from 1 to --cfg along linear, cos, log, square, square_root")
-    s.add_argument("--steps", type=int, default=10, help="parallel decoding steps of a masked (mlm) generator")
-    s.add_argument("--cfg-interval", type=int, default=-1, help="guide only the first N tokens (-1: all)")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
+    # Unset sampling options take the conventions' defaults: ours below, an import's its original script's.
+    s.add_argument("--conventions", default="auto", choices=["auto", "imagelm", "elm", "llamagen"],
+                   help="whose meaning the sampling options have (default: the checkpoint's: ELM's or "
+                        "LlamaGen's for a model imported from there, else ours)")
+    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off; default 2)")
+    s.add_argument("--cfg-schedule", default=None, choices=list(CFG_SCHEDULES),
+                   help="constant (default), or rising from 1 to --cfg along linear, cos, log, square, "
+                        "square_root; elm-*: ELM's formulas")
+    s.add_argument("--steps", type=int, default=None, help="parallel decoding steps of a masked (mlm) generator (10)")
+    s.add_argument("--cfg-interval", type=int, default=None, help="guide only the first N tokens (default -1: all)")
+    s.add_argument("--temperature", type=float, default=None, help="(default 1)")
+    s.add_argument("--top-k", type=int, default=None, help="(default 0: off)")
+    s.add_argument("--top-p", type=float, default=None, help="(default 1: off)")
     s.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one linked)")
     s.add_argument("--out", default="samples.png")
     s.add_argument("--each", default=None, help="also write one PNG per image into this folder")

@@ -129,6 +129,15 @@ def build_and_load(factory, state: dict[str, torch.Tensor], source_name: dict[st
     return model.eval()
 
 
+def imported(fmt: str, path) -> dict:
+    """The meta entries every import records: where the weights came from (`provenance`: the source
+    project, the file, the compat format), read by sampling.conventions to sample the model as its
+    source does, and the older `imported_from` (format, path)."""
+    file = str(Path(path).resolve())
+    return {"imported_from": {"format": fmt, "path": file},
+            "provenance": {"source": fmt.split("-")[0], "file": file, "format": fmt}}
+
+
 def save_checkpoint(out_dir, meta: dict, model: torch.nn.Module) -> Path:
     """Write `model` as our checkpoint under out_dir (atomically, step 0) -> the checkpoint directory.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
-                                   read_file, rename_gpt_keys, unwrap)
+                                   imported, read_file, rename_gpt_keys, unwrap)
 from imagelm.compat.shapes import describe, infer_trunk
 from imagelm.models import ARGenerator, MaskedGenerator
 from imagelm.models.presets import GPTConfig
@@ -179,7 +179,7 @@ def load_elm_bae(path, image_size: int | None = None, bits: int | None = None) -
     source_name = {v: "ae." + k for k, v in renames.items() if v is not None}
     model = build_and_load(lambda: ELMBAEModel(config), ours, source_name, src, f"an ELM BAE of {config.bits} bits")
     model.meta = {"kind": "bae-elm", "config": config.to_dict(), "preset": f"elm-bae-{config.bits}",
-                  "class_names": [], "imported_from": {"format": "elm-bae", "path": str(Path(path).resolve())}}
+                  "class_names": [], **imported("elm-bae", path)}
     return model
 
 
@@ -289,5 +289,5 @@ def load_elm_gpt(path, preset: str | None = None, image_size: int | None = None,
     bits = config.num_subtokens * int(math.log2(config.vocab_size))
     model.meta = {"kind": model.kind, "config": config.to_dict(), "preset": name, "class_names": [], "tokenizer": None,
                   "layout": TokenLayout.binary(config.grid_size, bits, config.num_subtokens).to_dict(),
-                  "text_encoder": None, "imported_from": {"format": "elm-gpt", "path": str(Path(path).resolve())}}
+                  "text_encoder": None, **imported("elm-gpt", path)}
     return model

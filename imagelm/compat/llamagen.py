@@ -19,7 +19,7 @@ import torch
 
 from imagelm.atomic import atomic_file
 from imagelm.compat.common import (LLAMA_TRUNK_RENAMES, CompatError, block_indices, build_and_load, float32,
-                                   read_file, rename_gpt_keys, unwrap)
+                                   imported, read_file, rename_gpt_keys, unwrap)
 from imagelm.compat.shapes import describe, infer_trunk
 from imagelm.models import ARGenerator
 from imagelm.models.presets import GPT_PRESETS, GPTConfig
@@ -128,7 +128,7 @@ def load_llamagen_gpt(path, preset: str | None = None, image_size: int | None = 
     model = gpt_from_state(state, config, src, what)
     model.meta = {"kind": "ar", "config": config.to_dict(), "preset": name, "layout": None,
                   "class_names": [], "tokenizer": None, "text_encoder": None,
-                  "imported_from": {"format": "llamagen-gpt", "path": str(Path(path).resolve())}}
+                  **imported("llamagen-gpt", path)}
     return model
 
 
@@ -224,5 +224,5 @@ def load_llamagen_vq(path, preset: str | None = None, image_size: int | None = N
     ours = {renames[k]: v for k, v in float32(state).items()}
     model = build_and_load(lambda: VQModel(config), ours, {v: k for k, v in renames.items()}, src, f"preset {name}")
     model.meta = {"kind": "vq", "config": config.to_dict(), "preset": name, "class_names": [],
-                  "imported_from": {"format": "llamagen-vq", "path": str(Path(path).resolve())}}
+                  **imported("llamagen-vq", path)}
     return model
