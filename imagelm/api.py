@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from imagelm.images import (Sampler, as_condition, decode_tokens, encode_prompts,  # noqa: F401
+from imagelm.images import (Sampler, as_condition, asked_sampler, decode_tokens, encode_prompts,  # noqa: F401
                             resolve_classes, sample_tokens)
 from imagelm.models import load_generator
-from imagelm.sampling.autoregressive import SamplingOptions
 from imagelm.tokenizers import load_linked_tokenizer, load_tokenizer
 
 
@@ -30,11 +29,12 @@ def load(path, device: str | torch.device = "cpu", prefer_ema: bool = True) -> t
     return load_generator(path, device, prefer_ema)
 
 
-def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
-           cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           seed: int = 0, steps: int = 10, progress: bool = False, text_encoder=None,
-           engine: str = "engine", dtype: str = "auto", decode: str = "plain", window: int = 16,
-           compile: str = "auto") -> torch.Tensor:
+def sample(generator, cond, n: int = 1, cfg_scale: float | None = None, cfg_schedule: str | None = None,
+           cfg_interval: int | None = None, temperature: float | None = None, top_k: int | None = None,
+           top_p: float | None = None, seed: int = 0, steps: int | None = None, progress: bool = False,
+           text_encoder=None, engine: str = "engine", dtype: str = "auto", decode: str = "plain",
+           window: int = 16, compile: str = "auto", conventions: str = "auto",
+           cfg_power: float = 1.0) -> torch.Tensor:
     """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]; for a text
     generator, prompts (a string or list of B strings) or a TextCondition
     -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
@@ -45,10 +45,17 @@ def sample(generator, cond, n: int = 1, cfg_scale: float = 1.0, cfg_schedule: st
     (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. With
     `decode="jacobi"` the engine verifies `window` draft tokens per forward pass (speculative Jacobi
     decoding: fewer passes, the same distribution, another random stream). Masked (mlm)
-    generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps)."""
-    options = SamplingOptions(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
-    sampler = Sampler(options, steps=steps, engine=engine, dtype=dtype, decode=decode, window=window,
-                      compile=compile)
+    generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps).
+
+    conventions: whose meaning the options have (sampling/conventions.py): "auto" (the checkpoint's:
+    ELM's or LlamaGen's for a model imported from there, else ours), "imagelm", "elm", "llamagen".
+    An option left None takes those conventions' default (ours: no guidance, temperature 1, no
+    top-k / top-p, 10 steps; an import's: its original sampling script's). cfg_power: the exponent
+    of ELM's masked `elm-powercos` schedule."""
+    asked = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_interval=cfg_interval,
+                 temperature=temperature, top_k=top_k, top_p=top_p, steps=steps)
+    sampler = asked_sampler({**asked, "cfg_power": cfg_power}, conventions, engine=engine, dtype=dtype,
+                            decode=decode, window=window, compile=compile)
     return sample_tokens(generator, as_condition(generator, cond, text_encoder), n, sampler, seed, progress)
 
 

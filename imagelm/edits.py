@@ -29,7 +29,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from imagelm.data.transforms import to_tensor
-from imagelm.images import Sampler, as_condition, check_tokenizer_fits, engine_for, layout_of, meta_of
+from imagelm.images import (Sampler, as_condition, check_tokenizer_fits, engine_for, layout_of, meta_of,
+                            resolve_sampler)
 from imagelm.models.conditioning import TextCondition
 from imagelm.runtime import seeded_generator
 from imagelm.sampling.canvas import generate_canvas, generate_masked_canvas
@@ -190,7 +191,7 @@ def condition_rows(generator, cond, n: int, text_encoder=None):
     return as_condition(generator, cond, text_encoder).to(device).repeat_interleave(n)
 
 
-def resolve_sampler(sampler: Sampler | None, overrides: dict) -> Sampler:
+def with_overrides(sampler: Sampler | None, overrides: dict) -> Sampler:
     """`sampler` (default Sampler()) with SamplingOptions or Sampler fields overridden by keyword
     (cfg_scale=2.0, steps=8, engine="plain", ...); an unknown keyword is a TypeError."""
     sampler = Sampler() if sampler is None else sampler
@@ -217,6 +218,7 @@ def fill_tokens(generator, cond, given: torch.Tensor | None, known: torch.Tensor
     g, n, B = config.grid_size, config.num_subtokens, len(cond)
     device = next(generator.parameters()).device
     masked = generator.kind == "mlm"
+    sampler = resolve_sampler(generator, sampler)       # an import's conventions, as imagelm.sample does
     options = sampler.options
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -282,7 +284,7 @@ def edit(generator, image, mask, cond=None, n: int = 1, *, tokenizer=None, sampl
     drawn (see the module doc). All-black masks return the input's tokens; with an all-white mask and
     candidates=1 the tokens are imagelm.sample's for the same seed.
     """
-    sampler = resolve_sampler(sampler, sampling)
+    sampler = with_overrides(sampler, sampling)
     tokenizer = _tokenizer(generator, tokenizer)
     pixels = read_image(image)
     h, w = _canvas_of(tokenizer, generator, pixels)
@@ -306,7 +308,7 @@ def expand(generator, image, left: int = 0, right: int = 0, up: int = 0, down: i
     """Outpaint: grow `image` by left / right / up / down pixels -> Edited with images [B * n, 3,
     H + up + down, W + left + right]. The original's own tokens are kept exactly (it is encoded alone);
     the canvas is padded to whole tokens on the new sides and cropped back to the size asked."""
-    sampler = resolve_sampler(sampler, sampling)
+    sampler = with_overrides(sampler, sampling)
     tokenizer = _tokenizer(generator, tokenizer)
     f, g = pixel_factor(tokenizer), generator.config.grid_size
     pixels = read_image(image)
@@ -356,7 +358,7 @@ def sample_canvas(generator, cond, width: int, height: int, n: int = 1, *, token
     """n images per condition of width x height pixels (whole tokens, at least the trained size) ->
     Edited with images [B * n, 3, height, width]. At the trained size this is imagelm.sample (same
     seed, same tokens); larger canvases slide the trained window (sampling/canvas.py)."""
-    sampler = resolve_sampler(sampler, sampling)
+    sampler = with_overrides(sampler, sampling)
     tokenizer = _tokenizer(generator, tokenizer)
     f, g = pixel_factor(tokenizer), generator.config.grid_size
     if width % f or height % f or width < g * f or height < g * f:

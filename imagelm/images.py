@@ -16,6 +16,7 @@ gets a fresh engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -27,13 +28,16 @@ from imagelm import checkpoint
 from imagelm.models.conditioning import TextCondition
 from imagelm.runtime import choose_sampling_dtype, seeded_generator
 from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.conventions import CONVENTIONS, plan_sampling, resolve_conventions
 from imagelm.sampling.engine import Engine
-from imagelm.sampling.masked import generate_masked
+from imagelm.sampling.masked import REMASK_RULES, generate_masked
 from imagelm.vocab import TokenLayout
 
 SAMPLERS = ("engine", "plain")
 DECODES = ("plain", "jacobi")
 COMPILES = ("auto", "on", "off")
+# The options a caller may leave to the conventions' defaults (Sampler.defaulted).
+OPTION_NAMES = ("cfg_scale", "cfg_schedule", "cfg_interval", "temperature", "top_k", "top_p", "steps")
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,14 @@ class Sampler:
     sampler; masked generators in `steps` parallel steps. The engine decodes one token per step
     (`decode="plain"`) or verifies `window` draft tokens per forward pass (`decode="jacobi"`,
     speculative Jacobi decoding: the same distribution, another random stream), eager or with its
-    step compiled (`compile`: auto | on | off; auto compiles only when the work pays it back)."""
+    step compiled (`compile`: auto | on | off; auto compiles only when the work pays it back).
+
+    `conventions`: whose meaning the options have (sampling/conventions.py): imagelm (ours), elm,
+    llamagen, or auto (the generator's provenance: an import samples as its original code does).
+    `defaulted` names the options (OPTION_NAMES) the caller left unset: under elm / llamagen they
+    take that project's sampling-script defaults. Masked generators re-mask by `remask` (rank: ours,
+    elm: ELM's cut-off rule) with Gumbel noise of `choice_temperature` on the confidences.
+    `resolve_sampler` turns all of this into our own terms before sampling."""
     options: SamplingOptions = field(default_factory=SamplingOptions)
     steps: int = 10
     engine: str = "engine"
@@ -51,6 +62,10 @@ class Sampler:
     decode: str = "plain"
     window: int = 16
     compile: str = "auto"
+    conventions: str = "imagelm"
+    defaulted: frozenset = frozenset()
+    choice_temperature: float = 4.5
+    remask: str = "rank"
 
     def __post_init__(self):
         if self.engine not in SAMPLERS:
@@ -65,6 +80,23 @@ class Sampler:
             raise ValueError(f"--window must be >= 1, got {self.window}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.conventions not in ("auto", *CONVENTIONS):
+            raise ValueError(f"unknown sampling conventions {self.conventions!r}; choose auto, "
+                             f"{', '.join(CONVENTIONS)}")
+        if not set(self.defaulted) <= set(OPTION_NAMES):
+            raise ValueError(f"unknown options {sorted(set(self.defaulted) - set(OPTION_NAMES))} in defaulted")
+        if self.remask not in REMASK_RULES:
+            raise ValueError(f"unknown re-masking rule {self.remask!r}; choose {' or '.join(REMASK_RULES)}")
+
+
+def asked_sampler(asked: dict, conventions: str = "auto", fallback: dict | None = None, **machinery) -> Sampler:
+    """The Sampler for options as a caller asks them: asked maps OPTION_NAMES (and cfg_power) to a
+    value or None (unset: the conventions' default, else `fallback`'s value, else SamplingOptions');
+    machinery: the other Sampler fields (engine, dtype, ...)."""
+    values = {**(fallback or {}), **{k: v for k, v in asked.items() if v is not None}}
+    steps = values.pop("steps", 10)
+    return Sampler(SamplingOptions(**values), steps=steps, conventions=conventions,
+                   defaulted=frozenset(k for k in OPTION_NAMES if asked.get(k) is None), **machinery)
 
 
 @dataclass(frozen=True)
@@ -188,23 +220,55 @@ def sample_tokens(generator, cond, n: int = 1, sampler: Sampler = Sampler(), see
         raise ValueError(f"--n must be >= 1, got {n}")
     device = next(generator.parameters()).device
     cond = cond.to(device).repeat_interleave(n)
+    sampler = resolve_sampler(generator, sampler)
     options = sampler.options
     if generator.kind == "mlm":
         if options.cfg_interval >= 0:
             raise ValueError("--cfg-interval guides the first N tokens of an autoregressive generator; a masked "
                              "generator decodes every position at every step (use --cfg-schedule)")
         return generate_masked(generator, cond, options, sampler.steps, seeded_generator(seed, device),
-                               progress=progress)
+                               choice_temperature=sampler.choice_temperature, progress=progress,
+                               remask=sampler.remask)
     if sampler.engine == "plain":
         return generate(generator, cond, options, seeded_generator(seed, device), progress=progress)
     rows = len(cond) * (2 if options.guided else 1)
     return engine_for(generator, rows, sampler).generate(cond, options, seed, progress=progress)
 
 
+def resolve_sampler(generator, sampler: Sampler) -> Sampler:
+    """The Sampler in our own terms (conventions "imagelm", nothing defaulted) that samples
+    `generator` as `sampler` asks: its conventions resolved against the generator's provenance,
+    unset options filled with those conventions' defaults, schedule names, temperatures, guidance
+    interval and re-masking rule translated (sampling/conventions.plan_sampling)."""
+    conventions = resolve_conventions(sampler.conventions, meta_of(generator))
+    if conventions == "imagelm" and sampler.conventions == "imagelm":
+        return sampler if not sampler.defaulted else dataclasses.replace(sampler, defaulted=frozenset())
+    o = sampler.options
+    values = {name: getattr(o, name) for name in OPTION_NAMES if name != "steps"} | {"steps": sampler.steps}
+    if conventions != "imagelm":           # ours keep the caller's values (e.g. the CLI's CFG 2)
+        values = {k: None if k in sampler.defaulted else v for k, v in values.items()}
+    plan = plan_sampling(conventions, generator.kind, generator.config.cond, **values, cfg_power=o.cfg_power,
+                         choice_temperature=sampler.choice_temperature, remask=sampler.remask)
+    return dataclasses.replace(sampler, options=plan.options, steps=plan.steps, conventions="imagelm",
+                               defaulted=frozenset(), choice_temperature=plan.choice_temperature,
+                               remask=plan.remask)
+
+
 def describe_sampler(generator, sampler: Sampler) -> str:
-    """One line saying how `generator` will be sampled, e.g. "sampler: engine, bfloat16 (...)"."""
+    """One line saying how `generator` will be sampled, e.g. "sampler: engine, bfloat16 (...)"; an
+    import sampled with its original code's conventions says so first."""
+    conventions = resolve_conventions(sampler.conventions, meta_of(generator))
+    line = _describe_machinery(generator, resolve_sampler(generator, sampler))
+    if conventions == "imagelm":
+        return line
+    return (f"sampling conventions: {conventions}'s (its schedules, rules and defaults; --conventions imagelm "
+            f"for ours)\n{line}")
+
+
+def _describe_machinery(generator, sampler: Sampler) -> str:
     if generator.kind != "ar":
-        return f"sampler: masked parallel decoding, {sampler.steps} steps"
+        rule = ", ELM's re-masking" if sampler.remask == "elm" else ""
+        return f"sampler: masked parallel decoding, {sampler.steps} steps{rule}"
     if sampler.engine == "plain":
         return "sampler: plain (reference), float32"
     dtype, why = choose_sampling_dtype(next(generator.parameters()).device, sampler.dtype)

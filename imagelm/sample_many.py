@@ -30,7 +30,7 @@ from tqdm import tqdm
 from imagelm import runtime
 from imagelm.atomic import atomic_file
 from imagelm.eval.fid import open_npz, write_npz_atomic
-from imagelm.images import Sampler, generate_images, resolve_classes
+from imagelm.images import Sampler, generate_images, resolve_classes, resolve_sampler
 from imagelm.models import load_generator
 from imagelm.tokenizers import load_linked_tokenizer, load_tokenizer
 
@@ -60,6 +60,8 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, sampler: 
         ids = resolve_classes(list(classes) if classes else list(range(gen.config.num_classes)),
                               gen.meta.class_names, gen.config.num_classes)
         labels = np.array([ids[i % len(ids)] for i in range(n)], dtype=np.int64)
+        # The options as run (an import's conventions resolved): a resume compares what sampled.
+        sampler = resolve_sampler(gen, sampler)
         if sampler.engine == "engine" and gen.kind == "ar":
             # Record what auto means here: a resumed run on another machine must not switch dtypes.
             sampler = dataclasses.replace(sampler, dtype=runtime.choose_sampling_dtype(rt.device, sampler.dtype)[0])
@@ -69,7 +71,10 @@ def sample_many(ckpt, n: int, out, batch_size: int = 32, classes=None, sampler: 
                 "temperature": o.temperature, "top_k": o.top_k, "top_p": o.top_p, "engine": sampler.engine,
                 "dtype": sampler.dtype, "steps": sampler.steps,
                 # only Jacobi runs record the decoding, so plans written before it existed still resume
-                **({"decode": "jacobi", "window": sampler.window} if sampler.decode == "jacobi" else {})}
+                **({"decode": "jacobi", "window": sampler.window} if sampler.decode == "jacobi" else {}),
+                **({"cfg_power": o.cfg_power} if o.cfg_power != 1.0 else {}),
+                **({"remask": sampler.remask, "choice_temperature": sampler.choice_temperature}
+                   if (sampler.remask, sampler.choice_temperature) != ("rank", 4.5) else {})}
         if rt.is_main:
             _start_or_check(parts, plan)
         runtime.barrier(rt)

@@ -111,17 +111,33 @@ def decoding(sp: argparse.ArgumentParser) -> None:
                     help="compile the engine's decode step (auto: only when the work pays the compile back)")
 
 
+# Our defaults of the sampling flags; a flag left unset takes these under our conventions, and the
+# original sampling script's defaults for a model sampled with ELM's or LlamaGen's (--conventions).
+SAMPLING_DEFAULTS = dict(cfg_scale=2.0, cfg_schedule="constant", cfg_interval=-1, temperature=1.0, top_k=0,
+                         top_p=1.0, steps=10)
+
+
 def sampling(sp: argparse.ArgumentParser) -> None:
-    """How tokens are drawn: guidance, temperature, top-k/top-p, the masked sampler's steps, the engine."""
+    """How tokens are drawn: whose conventions, guidance, temperature, top-k/top-p, the masked
+    sampler's steps, the engine."""
     from imagelm.sampling.logits import CFG_SCHEDULES
-    sp.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off; default 2)")
-    sp.add_argument("--cfg-schedule", default="constant", choices=list(CFG_SCHEDULES),
-                    help="constant, or rising from 1 to --cfg along linear, cos, log, square, square_root")
-    sp.add_argument("--cfg-interval", type=int, default=-1, help="guide only the first N tokens (-1: all; AR only)")
-    sp.add_argument("--temperature", type=float, default=1.0)
-    sp.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0: all)")
-    sp.add_argument("--top-p", type=float, default=1.0, help="keep the likeliest tokens of mass p (1: all)")
-    sp.add_argument("--steps", type=int, default=10, help="parallel decoding steps of a masked (mlm) generator")
+    d = SAMPLING_DEFAULTS
+    sp.add_argument("--conventions", default="auto", choices=["auto", "imagelm", "elm", "llamagen"],
+                    help="whose meaning the sampling flags have, and whose defaults unset ones take (default "
+                         "auto: the checkpoint's: ELM's or LlamaGen's for a model imported from there, else ours)")
+    sp.add_argument("--cfg", type=float, default=None,
+                    help=f"classifier-free guidance scale (1 = off; default {d['cfg_scale']:g})")
+    sp.add_argument("--cfg-schedule", default=None, choices=list(CFG_SCHEDULES),
+                    help="constant (default), or rising from 1 to --cfg along linear, cos, log, square, "
+                         "square_root; elm-*: ELM's formulas (README, Sampling conventions)")
+    sp.add_argument("--cfg-power", type=float, default=1.0, help="the exponent of elm-powercos (ELM's scale_pow)")
+    sp.add_argument("--cfg-interval", type=int, default=None,
+                    help="guide only the first N tokens (default -1: all; AR only)")
+    sp.add_argument("--temperature", type=float, default=None, help=f"(default {d['temperature']:g})")
+    sp.add_argument("--top-k", type=int, default=None, help="keep the k likeliest tokens (default 0: all)")
+    sp.add_argument("--top-p", type=float, default=None, help="keep the likeliest tokens of mass p (default 1: all)")
+    sp.add_argument("--steps", type=int, default=None,
+                    help=f"parallel decoding steps of a masked (mlm) generator (default {d['steps']})")
     sp.add_argument("--engine", default="engine", choices=["engine", "plain"],
                     help="AR decoding: the fast engine (default) or the plain reference sampler")
     dtype(sp)
@@ -129,12 +145,13 @@ def sampling(sp: argparse.ArgumentParser) -> None:
 
 
 def sampler(a: argparse.Namespace):
-    """The imagelm.images.Sampler the `sampling` flags describe."""
-    from imagelm.images import Sampler
-    from imagelm.sampling.autoregressive import SamplingOptions
-    options = SamplingOptions(a.cfg, a.cfg_schedule, a.cfg_interval, a.temperature, a.top_k, a.top_p)
-    return Sampler(options, steps=a.steps, engine=a.engine, dtype=a.dtype, decode=a.decode, window=a.window,
-                   compile=a.compile)
+    """The imagelm.images.Sampler the `sampling` flags describe (unset options left to the
+    conventions: ours are SAMPLING_DEFAULTS)."""
+    from imagelm.images import asked_sampler
+    asked = dict(cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule, cfg_interval=a.cfg_interval, temperature=a.temperature,
+                 top_k=a.top_k, top_p=a.top_p, steps=a.steps, cfg_power=a.cfg_power)
+    return asked_sampler(asked, a.conventions, SAMPLING_DEFAULTS, engine=a.engine, dtype=a.dtype, decode=a.decode,
+                         window=a.window, compile=a.compile)
 
 
 def tokenizer(sp: argparse.ArgumentParser, required: bool = False) -> None:

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-CFG_SCHEDULES = ("constant", "linear", "cos", "log", "square", "square_root")
+# Ours rise from 1 at the first token / step to the full scale at the last; ELM's (elm-*) are its own
+# samplers' formulas, which never start at exactly 1 (see cfg_scale_at).
+CFG_SCHEDULES = ("constant", "linear", "cos", "log", "square", "square_root",
+                 "elm-linear", "elm-cos", "elm-log", "elm-square", "elm-square_root", "elm-powercos")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class SamplingOptions:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    cfg_power: float = 1.0          # elm-powercos only: ELM's scale_pow
 
     def __post_init__(self):
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -35,6 +39,8 @@ class SamplingOptions:
             raise ValueError(f"top-k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not self.cfg_power > 0:
+            raise ValueError(f"cfg power must be > 0, got {self.cfg_power}")
 
     @property
     def guided(self) -> bool:
@@ -48,7 +54,7 @@ class SamplingOptions:
     def cfg_scales(self, total: int) -> list[float]:
         """The guidance scale at each of `total` tokens (AR) or steps (MLM): the schedule, and 1 from
         index cfg_interval on (guidance still runs there, at scale 1)."""
-        return [cfg_scale_at(i, total, self.cfg_scale, self.cfg_schedule)
+        return [cfg_scale_at(i, total, self.cfg_scale, self.cfg_schedule, self.cfg_power)
                 if self.cfg_interval < 0 or i < self.cfg_interval else 1.0 for i in range(total)]
 
 
@@ -62,14 +68,32 @@ _RISE = {  # progress p in [0, 1] -> fraction of the way from 1 to the full scal
 }
 
 
-def cfg_scale_at(index: int, total: int, scale: float, schedule: str = "constant") -> float:
+# ELM's schedules (Pepper-lll/LMforImageGeneration, llama/ar_model.py and llama/mlm_model.py
+# generate_cfg): progress r = (i + 1) / T, so the first token already has some guidance and the last
+# the full scale; its square_root alone uses i / T (it starts at exactly 1 and never reaches the
+# scale). elm-powercos is its masked sampler's `powercos` (scale_pow = power); its AR sampler offers
+# the others, its masked sampler linear (the same formula) and constant.
+_ELM = {
+    "elm-linear": lambda i, T, power: (i + 1) / T,
+    "elm-cos": lambda i, T, power: math.cos(-math.pi / 2 + (i + 1) / T * (math.pi / 2)),
+    "elm-log": lambda i, T, power: math.log1p((i + 1) / T * (math.e - 1)) / math.log1p(math.e - 1),
+    "elm-square": lambda i, T, power: ((i + 1) / T) ** 2,
+    "elm-square_root": lambda i, T, power: (i / T) ** 0.5,
+    "elm-powercos": lambda i, T, power: (1 - math.cos(((i + 1) / T) ** power * math.pi)) / 2,
+}
+
+
+def cfg_scale_at(index: int, total: int, scale: float, schedule: str = "constant", power: float = 1.0) -> float:
     """Guidance scale at step `index` of `total` (tokens for AR, steps for MLM).
 
-    constant: `scale` throughout. The others rise from 1 at the first step to `scale` at the last,
-    along linear, cos, log, square or square_root curves of progress index / (total - 1).
+    constant: `scale` throughout. Ours (linear, cos, log, square, square_root) rise from 1 at the
+    first step to `scale` at the last, along that curve of progress index / (total - 1). ELM's
+    (elm-*) are 1 + (scale - 1) * f as its samplers compute f (see _ELM); `power` is elm-powercos's.
     """
     if schedule == "constant":
         return scale
+    if schedule in _ELM:
+        return 1.0 + (scale - 1.0) * _ELM[schedule](index, total, power)
     if schedule not in _RISE:
         raise ValueError(f"unknown cfg schedule {schedule!r}; choose one of {', '.join(CFG_SCHEDULES)}")
     progress = index / max(1, total - 1)
@@ -78,8 +102,13 @@ def cfg_scale_at(index: int, total: int, scale: float, schedule: str = "constant
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """Classifier-free guidance: uncond + scale * (cond - uncond); cond, uncond [I, ...], scale a
-    number or a tensor broadcastable to them (a scale per row). A row with uncond = cond is unchanged."""
-    return uncond + scale * (cond - uncond)
+    number or a tensor broadcastable to them (a scale per row). A row with uncond = cond is unchanged,
+    and at scale 1 the result is cond exactly (guidance switched off mid-sample, e.g. past LlamaGen's
+    cfg_interval, means the conditional logits alone, not a rounding of them)."""
+    mixed = uncond + scale * (cond - uncond)
+    if torch.is_tensor(scale):
+        return torch.where(scale == 1, cond, mixed)
+    return cond if scale == 1 else mixed
 
 
 def apply_cfg(logits: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:

@@ -187,7 +187,7 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
             raise ApiError(422, "prompt", "this model is class-conditional: give class (an id or a name), not prompt")
         cond, settings = await service.condition("prompt" if text else "class", body.class_, body.prompt, body.n)
         settings.update(sampling_settings(body))
-        job = service.submit(request, cond, sampling_options(body), body.seed)
+        job = service.submit(request, cond, sampling_options(body, service.generator), body.seed)
         if "application/x-ndjson" in accept:
             return JobStream(job, _progress_lines(job, settings), media_type="application/x-ndjson")
         result = await service.wait(request, job)

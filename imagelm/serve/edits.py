@@ -176,7 +176,7 @@ def install_edit_route(app, service, generator, tokenizer, max_n: int, describe)
 
         settings.update(sampling_settings(body), candidates=K, dilate=body.dilate,
                         regenerated_tokens=int(regenerated.sum()))
-        job = service.submit(request, cond, sampling_options(body), body.seed,
+        job = service.submit(request, cond, sampling_options(body, service.generator), body.seed,
                              given=given.expand(n * K, -1, -1).contiguous(),
                              known=known.expand(n * K, -1).contiguous(), decode=finish)
         images = await service.wait(request, job)

@@ -129,7 +129,7 @@ def install_openai_routes(app: FastAPI, service, card: dict, max_n: int, route_f
         class_ = None if service.text else (int(prompt) if prompt.strip().isdigit() else prompt.strip())
         cond, settings = await service.condition("prompt", class_, prompt if service.text else None, body.n)
         settings.update(sampling_settings(body), dtype=engine.dtype)
-        job = service.submit(request, cond, sampling_options(body), body.seed)
+        job = service.submit(request, cond, sampling_options(body, service.generator), body.seed)
         result = await service.wait(request, job)
         if result is None:
             return Response(status_code=499)       # nobody is listening

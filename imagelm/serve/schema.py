@@ -28,9 +28,21 @@ def sampling_fields(max_n: int) -> dict:
     )
 
 
-def sampling_options(body) -> SamplingOptions:
-    return SamplingOptions(cfg_scale=body.cfg, cfg_schedule=body.cfg_schedule, cfg_interval=body.cfg_interval,
-                           temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
+# Body field -> SamplingOptions field.
+_OPTION_FIELDS = {"cfg": "cfg_scale", "cfg_schedule": "cfg_schedule", "cfg_interval": "cfg_interval",
+                  "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
+
+
+def sampling_options(body, generator=None) -> SamplingOptions:
+    """The options a body asks for, as the served `generator` is sampled: with its checkpoint's
+    conventions (an ELM or LlamaGen import: that project's meaning, and its sampling script's
+    defaults for the fields the body leaves out; ours: the schema's defaults), as `imagelm sample`."""
+    if generator is None:
+        return SamplingOptions(**{opt: getattr(body, f) for f, opt in _OPTION_FIELDS.items()})
+    from imagelm.images import asked_sampler, resolve_sampler
+    asked = {opt: getattr(body, f) if f in body.model_fields_set else None for f, opt in _OPTION_FIELDS.items()}
+    fallback = {opt: getattr(body, f) for f, opt in _OPTION_FIELDS.items()}
+    return resolve_sampler(generator, asked_sampler(asked, "auto", fallback)).options
 
 
 def sampling_settings(body) -> dict:

@@ -233,6 +233,17 @@ def elm_mlm_state(seed=3):
     return sd
 
 
+def ref_elm_mlm_logits(sd, tokens, cond, mask):
+    """ELM's masked model: tokens [B, L], cond [B], mask [B, L] bool -> logits [B, L, V] (every position)."""
+    V = sd["tok_embedder.weight"].shape[0] - 1
+    idx = torch.where(mask, V, tokens)                                   # ELM writes the mask token's id
+    h = torch.cat([sd["cls_embedding.embedding_table.weight"][cond][:, None], sd["tok_embedder.weight"][idx]], 1)
+    h = ref_trunk(sd, h, 1, causal=False)
+    x = F.layer_norm(F.gelu(h @ sd["mlm_layer.fc.weight"].T + sd["mlm_layer.fc.bias"]), (DIM,),
+                     sd["mlm_layer.ln.weight"], sd["mlm_layer.ln.bias"])
+    return (x @ sd["tok_embedder.weight"].T + sd["mlm_layer.bias"])[:, 1:, :V]
+
+
 def test_elm_mlm_logits_match_reference(tmp_path):
     """ELM's 1-m masked model: a shared table with the mask token as its last row, full attention, and the
     tied head LayerNorm(GELU(fc(h))) @ table^T + bias, its mask-token column cut away."""
@@ -245,13 +256,7 @@ def test_elm_mlm_logits_match_reference(tmp_path):
     mask = torch.rand(2, GRID * GRID) < 0.5
     with torch.no_grad():
         ours = model(tokens, cond, mask)
-    idx = torch.where(mask, V, tokens)                                   # ELM writes the mask token's id
-    h = torch.cat([sd["cls_embedding.embedding_table.weight"][cond][:, None], sd["tok_embedder.weight"][idx]], 1)
-    h = ref_trunk(sd, h, 1, causal=False)
-    x = F.layer_norm(F.gelu(h @ sd["mlm_layer.fc.weight"].T + sd["mlm_layer.fc.bias"]), (DIM,),
-                     sd["mlm_layer.ln.weight"], sd["mlm_layer.ln.bias"])
-    ref = (x @ sd["tok_embedder.weight"].T + sd["mlm_layer.bias"])[:, 1:, :V]
-    assert ours.shape == (2, GRID * GRID, V) and (ours - ref).abs().max() < 1e-4
+    assert ours.shape == (2, GRID * GRID, V) and (ours - ref_elm_mlm_logits(sd, tokens, cond, mask)).abs().max() < 1e-4
     # The head reads the table, it does not hold a second copy of it.
     assert sorted(k for k in model.state_dict() if k.startswith("output.")) == \
         ["output.bias", "output.fc.bias", "output.fc.weight", "output.norm.bias", "output.norm.weight"]

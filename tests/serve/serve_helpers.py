@@ -2,6 +2,7 @@
 import asyncio
 import base64
 import io
+import socket
 import threading
 import time
 
@@ -42,3 +43,25 @@ async def wait_until(predicate, timeout=10.0):
 
 def asgi_client(app):
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(base: str, proc, output, timeout: float = 60.0) -> None:
+    """Wait until the `imagelm serve` process `proc` answers GET base/healthz; fail with its
+    output (`output()`) if it exits first, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, output()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.1)

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,8 @@ from PIL import Image  # noqa: E402
 
 import imagelm  # noqa: E402
 from imagelm.serve import create_app  # noqa: E402
-from serve_helpers import asgi_client, decode_png, gate_steps, make_app, wait_until  # noqa: E402
+from serve_helpers import (asgi_client, decode_png, free_port, gate_steps, make_app, wait_for_server,  # noqa: E402
+                           wait_until)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -309,30 +309,15 @@ def test_shutdown_finishes_in_flight_work_or_cancels_it_after_the_grace(tiny_gen
     asyncio.run(finishes())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_imagelm_serve_answers_and_stops_cleanly_on_sigterm(tiny_generator):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "imagelm.cli", "serve", "--ckpt", str(tiny_generator),
                              "--port", str(port), "--dtype", "float32", "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.1)
+        wait_for_server(base, proc, proc.stdout.read)
         results = []
 
         def one():

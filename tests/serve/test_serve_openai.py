@@ -7,10 +7,8 @@ extra_body gives the images `imagelm sample` gives."""
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +19,16 @@ httpx = pytest.importorskip("httpx", reason="the serve extra is not installed")
 pytest.importorskip("prometheus_client", reason="the serve extra (prometheus-client) is not installed")
 
 from PIL import Image  # noqa: E402
+from serve_helpers import free_port, wait_for_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-1234"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_generator, tmp_path_factory):
     """`imagelm serve --api-key KEY` (float32, so its images match `imagelm sample --dtype float32`)."""
-    port, log = _free_port(), tmp_path_factory.mktemp("serve") / "server.log"
+    port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "IMAGELM_API_KEY": ""}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "imagelm.cli", "serve", "--ckpt", str(tiny_generator),
@@ -44,16 +37,7 @@ def server(tiny_generator, tmp_path_factory):
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.1)
+        wait_for_server(base, proc, log.read_text)
         yield base, log
     finally:
         proc.terminate()
