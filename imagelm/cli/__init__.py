@@ -1,7 +1,7 @@
 """`imagelm <verb>`: each verb parses, calls one library function and prints. No logic of its own.
 
-Verbs live in modules by group (training.py, codes.py, sampling.py, evaluation.py, serving.py,
-checkpoints.py); each module's `register(sub)` adds its verbs' parsers, every parser's `func` is the
+Verbs live in modules by group (training.py, codes.py, sampling.py, editing.py, evaluation.py,
+serving.py, checkpoints.py); each module's `register(sub)` adds its verbs' parsers, every parser's `func` is the
 verb, and flags that several verbs share are defined once in flags.py. To add a verb: write its
 function and its `sub.add_parser(...)` in the group's `register` (or a new module listed in
 VERB_MODULES); to add a flag to many verbs: extend or add a group in flags.py.
@@ -15,10 +15,10 @@ import argparse
 import os
 import sys
 
-from imagelm.cli import checkpoints, codes, evaluation, sampling, serving, training
+from imagelm.cli import checkpoints, codes, editing, evaluation, sampling, serving, training
 
 EXIT_USAGE = 2
-VERB_MODULES = (training, codes, sampling, evaluation, serving, checkpoints)   # the help lists verbs in this order
+VERB_MODULES = (training, codes, sampling, editing, evaluation, serving, checkpoints)   # the help lists verbs in this order
 
 
 def say(*args) -> None:

@@ -5,6 +5,9 @@ from imagelm.cli import flags
 
 
 def sample(a) -> None:
+    if a.size:
+        from imagelm.cli.editing import sample_size
+        return sample_size(a)
     from imagelm.images import sample_to_files
     sample_to_files(a.ckpt, a.out, classes=a.classes, prompts=flags.prompts(a), n=a.n, sampler=flags.sampler(a),
                     seed=a.seed, tokenizer=a.tokenizer, each=a.each, tokens_out=a.tokens_out, device=a.device)
@@ -29,6 +32,10 @@ def register(sub) -> None:
     s.add_argument("--out", default="samples.png")
     s.add_argument("--each", default=None, help="also write one PNG per image into this folder")
     s.add_argument("--tokens-out", default=None, help="also save the tokens [B, L, n] as .npy")
+    s.add_argument("--size", default=None, metavar="WxH",
+                   help="pixels, for canvases larger than the trained size (a sliding window of the trained grid)")
+    from imagelm.cli.editing import stride
+    stride(s)
     flags.runtime(s)
     s.set_defaults(func=sample)
 

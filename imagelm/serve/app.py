@@ -9,6 +9,8 @@ Routes:
   lines while the images decode, then the same JSON as the last line (the playground uses this).
   A request maps to exactly one engine request of n images seeded by `seed`, so it gives the images
   `imagelm sample --classes C --n N --seed S` gives (same dtype).
+- `POST /v1/images/edits`: multipart image + mask (white = regenerate) and the same fields, plus
+  candidates and dilate -> the same JSON (imagelm.serve.edits).
 - `POST /v1/images/generations`, `GET /v1/models`, `GET /v1/models/{id}`: OpenAI's images API and
   model list, so the official `openai` client works unchanged (imagelm.serve.openai_compat).
 - `GET /metrics` (Prometheus text format), `GET /healthz`, `GET /` (the playground),
@@ -37,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagelm.sampling.engine import Engine
 from imagelm.sampling.logits import CFG_SCHEDULES
+from imagelm.serve.edits import MAX_EDIT_BYTES, ROUTE as EDIT_ROUTE, install_edit_route
 from imagelm.serve.errors import ApiError, error_payload, speaks_openai
 from imagelm.serve.metrics import CONTENT_TYPE, ServerMetrics
 from imagelm.serve.middleware import MAX_BODY_BYTES, ApiKeys, BodyLimit, RequestContext
@@ -94,6 +97,7 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
         "engine": {"dtype": engine.dtype, "why": engine.dtype_reason, "rows": engine.rows,
                    "decode": engine.decode, "compiled": engine.compiled},
         "limits": {"max_n": max_n, "max_pending": max_pending, "max_body_bytes": MAX_BODY_BYTES,
+                   "max_edit_bytes": MAX_EDIT_BYTES,
                    "max_prompt_chars": MAX_PROMPT_CHARS, "timeout_s": timeout_s},
         "auth": "bearer" if api_keys else None,
         "cfg_schedules": list(CFG_SCHEDULES), "fields": fields,
@@ -213,10 +217,13 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
             return
         yield json.dumps({"event": "done", **(await payload(job, settings, images))}) + "\n"
 
+    app.state.payload = payload
+    install_edit_route(app, service, generator, tokenizer, max_n, _describe)
+    info["edit_fields"] = app.state.edit_fields
     install_openai_routes(app, service, model_card(info), max_n, route_fields)
     metrics.routes.update(route.path for route in app.routes)
     # Added innermost first: requests pass RequestContext, then ApiKeys, then BodyLimit; CORS wraps them all.
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, limits={EDIT_ROUTE: MAX_EDIT_BYTES})
     if api_keys:
         app.add_middleware(ApiKeys, keys=list(api_keys))
     app.add_middleware(RequestContext, metrics=metrics)

@@ -1,6 +1,6 @@
 """The server's refusals and the two shapes they are written in.
 
-Our own route `/v1/images` keeps its shape: `{"error": "<field>: <what is wrong>", "errors": [{"field",
+Our own routes `/v1/images` and `/v1/images/edits` keep their shape: `{"error": "<field>: <what is wrong>", "errors": [{"field",
 "message"}]}`. Every other route speaks OpenAI's, so the official clients raise their usual
 exceptions: `{"error": {"message", "type", "param", "code"}}`.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 NATIVE_ROUTE = "/v1/images"
+NATIVE_ROUTES = (NATIVE_ROUTE, "/v1/images/edits")
 
 # OpenAI's `type` (and default `code`) for each status we send.
 _OPENAI_KIND = {
@@ -31,8 +32,8 @@ class ApiError(Exception):
 
 
 def speaks_openai(path: str) -> bool:
-    """Which shape errors on `path` take: ours on /v1/images, OpenAI's everywhere else."""
-    return path.rstrip("/") != NATIVE_ROUTE
+    """Which shape errors on `path` take: ours on /v1/images and /v1/images/edits, OpenAI's elsewhere."""
+    return path.rstrip("/") not in NATIVE_ROUTES
 
 
 def error_payload(path: str, status: int, field: str | None, message: str, code: str | None = None) -> dict:

@@ -112,18 +112,20 @@ class ApiKeys:
 
 
 class BodyLimit:
-    """Refuses bodies over `limit` bytes with 413 before anything parses them."""
+    """Refuses bodies over `limit` bytes (or `limits[path]` for the routes listed there, e.g. the
+    multipart edits route) with 413 before anything parses them."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, limits: dict | None = None):
+        self.app, self.default, self.limits = app, limit, dict(limits or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limits.get(scope["path"].rstrip("/"), self.default)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await send_json(send, 413, error_payload(scope["path"], 413, "body",
-                                                            f"larger than {self.limit} bytes"))
+                                                            f"larger than {limit} bytes"))
         seen = 0
 
         async def limited():
@@ -131,7 +133,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:   # chunked bodies carry no length up front
-                    raise ApiError(413, "body", f"larger than {self.limit} bytes")
+                if seen > limit:   # chunked bodies carry no length up front
+                    raise ApiError(413, "body", f"larger than {limit} bytes")
             return message
         return await self.app(scope, limited, send)

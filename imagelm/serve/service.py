@@ -71,12 +71,12 @@ class Service:
             raise ApiError(422, field, str(e)) from None
         return torch.full((n,), cid, dtype=torch.long), {"class": cid, "class_name": self.class_name(cid)}
 
-    def submit(self, request, cond, options, seed: int):
+    def submit(self, request, cond, options, seed: int, given=None, known=None, decode=None):
         """Queue one engine request -> Job; the refusals of a full queue, a closing server or an
-        engine that cannot take it, as ApiError."""
+        engine that cannot take it, as ApiError. given / known / decode: see EngineWorker.submit."""
         request_id = getattr(request.state, "request_id", "-")
         try:
-            job = self.worker.submit(cond, options, seed, request_id)
+            job = self.worker.submit(cond, options, seed, request_id, given=given, known=known, decode=decode)
         except QueueFull as e:
             raise ApiError(429, "queue", str(e), {"Retry-After": str(e.retry_after_s)}) from None
         except ServerClosing as e:

@@ -52,8 +52,10 @@ class Job:
     (time.monotonic(): submitted; admitted, the start of the step that took it into rows; finished,
     when its images were ready; None until then)."""
 
-    def __init__(self, worker: "EngineWorker", request: Request, future: asyncio.Future, request_id: str = "-"):
+    def __init__(self, worker: "EngineWorker", request: Request, future: asyncio.Future, request_id: str = "-",
+                 decode=None):
         self.worker, self.request, self.future, self.request_id = worker, request, future, request_id
+        self.decode = decode or worker.decode      # tokens -> images for this job (edits paste back)
         self.submitted = time.monotonic()
         self.admitted: float | None = None
         self.finished: float | None = None
@@ -151,17 +153,20 @@ class EngineWorker:
         step = float(np.mean(self._step_times)) if self._step_times else 0.05
         return max(1, int(np.ceil(step * self.engine.length)))
 
-    def submit(self, cond, options: SamplingOptions, seed: int, request_id: str = "-") -> Job:
+    def submit(self, cond, options: SamplingOptions, seed: int, request_id: str = "-", given=None, known=None,
+               decode=None) -> Job:
         """Queue one request (on the event loop's thread). Raises ServerClosing, QueueFull, or the
-        engine's EngineError (a ValueError with a one-line message) for a request it cannot take."""
+        engine's EngineError (a ValueError with a one-line message) for a request it cannot take.
+        given [n, L, n_sub] / known [n, L] bool: tokens fixed in advance (Engine.submit); decode:
+        this job's tokens -> images uint8 [n', H, W, 3] (default: the worker's)."""
         loop = asyncio.get_running_loop()
         with self._cv:
             if self._closing or self.broken:
                 raise ServerClosing(self.broken or "the server is shutting down")
             if len(self._jobs) >= self.max_pending:
                 raise QueueFull(len(self._jobs), self.retry_after_s())
-            request = self.engine.submit(cond, options, seed)
-            job = Job(self, request, loop.create_future(), request_id)
+            request = self.engine.submit(cond, options, seed, given=given, known=known)
+            job = Job(self, request, loop.create_future(), request_id, decode)
             self._jobs[id(request)] = job
             self._cv.notify()
         return job
@@ -246,7 +251,7 @@ class EngineWorker:
     def _decode_loop(self) -> None:
         while (job := self._decoding.get()) is not None:
             try:
-                outcome = self.decode(job.request.tokens)
+                outcome = job.decode(job.request.tokens)
                 self.completed += 1
                 self.images_total += len(outcome)
                 job.finished = time.monotonic()

@@ -133,3 +133,45 @@ def test_playground_renders_images_in_chromium(server, tmp_path):
     print(f"screenshot: {shot}")
     if os.environ.get("IMAGELM_SCREENSHOT_COPY"):
         shutil.copy(shot, os.environ["IMAGELM_SCREENSHOT_COPY"])
+
+
+def test_playground_paints_a_mask_and_shows_the_edited_images(server, tmp_path):
+    import numpy as np
+    from PIL import Image
+    picture = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 720})
+            page.set_default_timeout(30_000)
+            page.goto(server + "/")
+            page.wait_for_selector("#class option[value='3']", state="attached")
+            page.select_option("#class", "3")
+            page.fill("#n", "2")
+            page.set_input_files("#edit-image", str(tmp_path / "in.png"))
+            page.wait_for_selector("#edit:not([disabled])")
+            box = page.locator("#edit-canvas").bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.4)
+            page.mouse.down()                                # a stroke across the centre
+            page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=8)
+            page.mouse.up()
+            painted = page.evaluate("() => { const d = edit.mask.getContext('2d').getImageData(0, 0, 16, 16).data;"
+                                    " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 127; return n; }")
+            assert 0 < painted < 256                          # some pixels masked, not all
+            page.fill("#candidates", "2")
+            page.click("#edit")
+            page.wait_for_function("() => { const im = [...document.querySelectorAll('.card.edited img.result-image')];"
+                                   " return im.length === 2 && im.every(i => i.complete && i.naturalWidth === 16); }")
+            assert page.locator(".card.failed").count() == 0
+            settings = page.text_content(".card.edited .settings")
+            assert "candidates: 2" in settings and "/v1/images/edits" in settings and "2 images in" in settings
+            # The corner, far from the stroke, is the uploaded picture's own pixels.
+            corner = page.evaluate("""() => new Promise((resolve) => {
+                const img = document.querySelector('.card.edited img.result-image');
+                const c = document.createElement('canvas'); c.width = 16; c.height = 16;
+                const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+                resolve(Array.from(ctx.getImageData(0, 0, 2, 2).data)); })""")
+            assert corner == [int(v) for px in picture[:2, :2].reshape(-1, 3) for v in (*px, 255)]
+        finally:
+            browser.close()

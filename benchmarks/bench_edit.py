@@ -1,0 +1,374 @@
+"""Inpainting and larger canvases, measured (issue 20's benchmark).
+
+    python benchmarks/bench_edit.py [--work runs/bench_edit] --stage STAGE [--data shapes-simple|digits]
+
+Stages (each reuses what a previous invocation finished, and each fits in ~15 min of a shared
+2-core CPU, so run them one per invocation under /work/bin/cpu-shared):
+- prep:   vq-tiny (32 px -> 8x8 codes), the codes, the built-in classifier (`imagelm train-features`),
+          all through the CLI, for --data.
+- ar, mlm: a tiny generator (4 layers, d=128) of that kind on the codes.
+- eval:   held-out images of --data with the centre 4x4 of the 8x8 tokens (16x16 px) masked, each
+          asked for another class than its own (class-changing inpainting), by the masked generator,
+          AR teacher forcing (K = 1) and the AR candidate search (K candidates, best likelihood of the
+          kept tokens after the hole), with the same seeds and sampling options. Judged by (a) the
+          classifier: inpainted class = requested class; (b) FID on the classifier's features,
+          inpainted vs the real held-out images; (c) the seam score: mean |pixel difference| across
+          the mask border over the mean |difference| of neighbouring pixels elsewhere in the same
+          image (1 = the border is no sharper than the rest; real images score it too).
+- canvas: the sliding-window AR sampler on a 2x-wide canvas: ms per image at strides 1 (the window
+          re-fed for every token, no cache reuse) to 8, timed (run under /work/bin/cpu-exclusive);
+          and the pictures docs/edit_expand.png and docs/edit_inpaint.png.
+- report: WORK/report.md (the tables) from the JSON the stages wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("shapes-simple", "digits")
+IMAGES = 4000                 # shapes-simple images rendered and coded (digits: its 1,438 training images)
+TOKENIZER_STEPS = 300
+CLASSIFIER_STEPS = 300
+GENERATOR_STEPS = 1000
+BATCH = 64
+SEED = 0
+# Evaluation: the same for every method.
+EVAL_IMAGES = 128             # held-out images per data set (a shared 2-core CPU: each method a few minutes)
+HOLE = (2, 6)                 # token rows/cols [2, 6) of the 8x8 grid: the centre 16x16 pixels
+CFG = 2.0
+TOP_P = 0.8                   # tiny models memorise; nucleus sampling keeps one unlikely token from derailing
+MLM_STEPS = 8
+CANDIDATES = (4,)            # K=8 and 16 did not fit the session on the shared CPU
+TRAIN_MINUTES = 12            # one invocation's share of the shared CPU
+AGAIN = 75                    # exit status of a stage to run again (time ran out)
+CHUNK = 32                    # images per engine request
+
+
+def cpu_kind() -> str:
+    text = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                 platform.processor())
+    bf16 = "avx512_bf16" if "avx512_bf16" in text else "no avx512_bf16"
+    return f"{model}, {os.cpu_count()} cores, {bf16}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+
+
+def cli(*args: str, minutes: float | None = None) -> bool:
+    """One `imagelm` verb in a subprocess (the CLI is what a user runs). With `minutes`, a run still
+    going then is interrupted (a resumable one continues from its last checkpoint next time);
+    returns whether it finished."""
+    cmd = [sys.executable, "-m", "imagelm.cli", *args]
+    print("$", " ".join(cmd[2:]), flush=True)
+    process = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        code = process.wait(timeout=None if minutes is None else minutes * 60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        process.wait()
+        print(f"interrupted after {minutes} min (shared CPU); run this stage again to continue", flush=True)
+        return False
+    if code:
+        raise SystemExit(f"imagelm {args[0]} failed (exit {code})")
+    return True
+
+
+def finished(run: Path, steps: int) -> bool:
+    from imagelm import checkpoint
+    done = checkpoint.list_checkpoints(run)
+    return bool(done) and done[-1].name == f"step-{steps:07d}"
+
+
+# ------------------------------------------------------------------------------ training stages
+def prep(work: Path, data: str) -> bool:
+    """Tokenizer, codes and classifier for `data`; False when this invocation's time ran out first."""
+    d = work / data
+    length = ["--data-length", str(IMAGES)] if data != "digits" else []
+    if not finished(d / "vq", TOKENIZER_STEPS) and not cli("train-tokenizer", "--data", data, "--preset", "vq-tiny", "--out", str(d / "vq"),
+            "--steps", str(TOKENIZER_STEPS), *length, "--ckpt-every", "50",
+            "--preview-every", str(TOKENIZER_STEPS), "--seed", str(SEED), "--resume", minutes=TRAIN_MINUTES):
+        return False
+    if not (d / "codes" / "manifest.json").is_file():
+        cli("extract-codes", "--tokenizer", str(d / "vq"), "--data", data, "--out", str(d / "codes"), *length,
+            "--seed", str(SEED))
+    if not finished(d / "classifier", CLASSIFIER_STEPS):
+        cli("train-features", "--data", data, "--out", str(d / "classifier"), "--steps", str(CLASSIFIER_STEPS),
+            "--seed", str(SEED))
+    return True
+
+
+def train(work: Path, data: str, kind: str) -> bool:
+    """Train (or continue) the generator; False when this invocation's time ran out first."""
+    d = work / data
+    if not finished(d / kind, GENERATOR_STEPS):
+        return cli("train", "--codes", str(d / "codes"), "--out", str(d / kind), "--preset", "tiny", "--kind", kind,
+            "--steps", str(GENERATOR_STEPS), "--batch-size", str(BATCH), "--ckpt-every", "100",
+            "--preview-every", "0", "--seed", str(SEED), "--resume", minutes=TRAIN_MINUTES)
+    return True
+
+
+# ------------------------------------------------------------------------------ evaluation
+def held_out(data: str, n: int):
+    """The first n held-out images of `data`: uint8 [n, 32, 32, 3] and class ids [n]."""
+    from imagelm.data import build_dataset
+    from imagelm.data.transforms import to_uint8
+    ds = build_dataset(data, image_size=32, split="test", seed=SEED)
+    n = min(n, len(ds))
+    items = [ds[i] for i in range(n)]
+    return to_uint8(torch.stack([x for x, _, _ in items])), np.array([y for _, y, _ in items])
+
+
+def centre_masks():
+    """The centre hole: pixel mask [32, 32] bool and token mask [64] bool (True = regenerated)."""
+    lo, hi = HOLE
+    tokens = torch.zeros(8, 8, dtype=torch.bool)
+    tokens[lo:hi, lo:hi] = True
+    pixels = tokens.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    return pixels, tokens.flatten()
+
+
+METHODS = [   # name, generator, candidates, score
+    ("masked generator (MaskGIT, 8 steps)", "mlm", 1, "kept"),
+    ("AR teacher forcing (K=1)", "ar", 1, "kept"),
+    *[(f"AR candidates K={k}, kept-token likelihood", "ar", k, "kept") for k in CANDIDATES],
+]
+
+
+def evaluate(work: Path, data: str) -> None:
+    """Class-changing inpainting of the held-out centre by every method: WORK/DATA/eval.json and a
+    few of the pictures (eval_images.npz)."""
+    import imagelm
+    from imagelm.data.transforms import to_tensor, to_uint8
+    from imagelm.edits import decode_canvas, encode_canvas, feather_alpha, paste_back
+    from imagelm.eval.classifier import predict
+    from imagelm.eval.features import ClassifierFeatures
+    from imagelm.eval.fid import fid
+    from imagelm.eval.seams import seam_score
+    from imagelm.sampling.autoregressive import SamplingOptions
+    from imagelm.sampling.editing import inpaint
+    from imagelm.sampling.engine import Engine
+    from imagelm.tokenizers import load_tokenizer
+    d = work / data
+    tok = load_tokenizer(d / "vq")
+    # A generator whose training has not finished is left out of the table (and said so), never half-trained.
+    models = {kind: imagelm.load(d / kind) for kind in ("ar", "mlm") if finished(d / kind, GENERATOR_STEPS)}
+    missing = [kind for kind in ("ar", "mlm") if kind not in models]
+    if missing:
+        print(f"{data}: not trained to {GENERATOR_STEPS} steps, left out: {', '.join(missing)}", flush=True)
+    net = ClassifierFeatures(d / "classifier")
+    real, labels = held_out(data, EVAL_IMAGES)
+    reference, _ = held_out(data, 1000)                 # the FID reference: real held-out images
+    ref_feats = net(reference)[0]
+    C = len(net.class_names)
+    requested = (labels + np.random.default_rng(SEED).integers(1, C, len(labels))) % C   # never the own class
+    pixel_mask, hole = centre_masks()
+    alpha = feather_alpha(pixel_mask, 2.0)
+    originals = to_tensor(real)                                                        # [N, 3, 32, 32]
+    given = encode_canvas(tok, originals, 1)                                           # [N, 64, 1]
+    known = (~hole)[None].expand(len(real), -1).contiguous()
+    options = SamplingOptions(cfg_scale=CFG, top_p=TOP_P)
+    rows = [{"method": "real held-out images (unedited; accuracy = their own class)", "images": len(real),
+             "accuracy": float((predict(net.net, real) == labels).mean()), "fid": None,
+             "seam": seam_score(real, pixel_mask.numpy()), "seconds": None}]
+    shown = {"real": real[:8], "requested": requested[:8]}
+    for name, kind, K, score in METHODS:
+        if kind not in models:
+            continue
+        model = models[kind]
+        engine = Engine(model, rows=CHUNK * K * 2, dtype="auto") if kind == "ar" else None
+        start, out = time.time(), []
+        for c in range(0, len(real), CHUNK):
+            part = slice(c, c + CHUNK)
+            cond = torch.from_numpy(requested[part])
+            out.append(inpaint(model, cond, given[part], known[part], options, seed=SEED + c, candidates=K,
+                               score=score, steps=MLM_STEPS, engine=engine))
+        seconds = time.time() - start
+        tokens = torch.cat(out)
+        images = to_uint8(paste_back(decode_canvas(tok, tokens, 8, 8), originals, alpha))   # [N, 32, 32, 3]
+        assert torch.equal(tokens[known], given[known]), "a kept token changed"
+        rows.append({"method": name, "images": len(real), "candidates": K, "score": score,
+                     "accuracy": float((predict(net.net, images) == requested).mean()),
+                     "fid": fid(net(images)[0], ref_feats), "seam": seam_score(images, pixel_mask.numpy()),
+                     "seconds": round(seconds, 2), "engine": engine.dtype if engine else "float32"})
+        shown[name] = images[:8]
+        print(f"{data}: {name}: accuracy {rows[-1]['accuracy']:.3f} FID {rows[-1]['fid']:.2f} "
+              f"seam {rows[-1]['seam']:.3f} ({seconds:.1f} s)", flush=True)
+    result = {"data": data, "cpu": cpu_kind(), "held_out_images": len(real), "reference_images": len(reference),
+              "hole_tokens": f"rows/cols {HOLE[0]}..{HOLE[1] - 1} of 8x8 (pixels {4 * HOLE[0]}..{4 * HOLE[1] - 1})",
+              "options": {"cfg_scale": CFG, "top_p": TOP_P, "mlm_steps": MLM_STEPS, "feather_px": 2},
+              "classifier_heldout_accuracy": net.net.meta.get("heldout_accuracy"),
+              "class_names": list(net.class_names), "left_out": missing, "rows": rows}
+    (d / "eval.json").write_text(json.dumps(result, indent=2))
+    np.savez(d / "eval_images.npz", **{k.replace(" ", "_"): v for k, v in shown.items()})
+
+
+# ------------------------------------------------------------------------------ canvases
+STRIDES = (1, 2)
+CANVAS_IMAGES = 16
+
+
+def canvas(work: Path) -> None:
+    """The AR window sampler on a 2x-wide canvas (shapes-simple expanded right by 32 px): ms per
+    image by stride, against the plain sampler on the trained grid in the same run; the seam score
+    across the original's right edge; docs/edit_expand.png and docs/edit_inpaint.png."""
+    import imagelm
+    from imagelm.data.transforms import save_grid, to_tensor, to_uint8
+    from imagelm.edits import decode_canvas, encode_canvas, feather_alpha, paste_back
+    from imagelm.eval.seams import seam_score
+    from imagelm.sampling.autoregressive import SamplingOptions, generate
+    from imagelm.sampling.canvas import generate_canvas, generate_masked_canvas
+    from imagelm.tokenizers import load_tokenizer
+    d = work / "shapes-simple"
+    tok = load_tokenizer(d / "vq")
+    ar, mlm = imagelm.load(d / "ar"), imagelm.load(d / "mlm")
+    real, labels = held_out("shapes-simple", CANVAS_IMAGES)
+    B, cond = len(real), torch.from_numpy(labels)
+    options = SamplingOptions(cfg_scale=CFG, top_p=TOP_P)
+    # The 8x16 canvas: each image's own tokens on the left, 64 new ones on the right (expand right 32 px).
+    given = torch.zeros(B, 8, 16, 1, dtype=torch.long)
+    given[:, :, :8] = encode_canvas(tok, to_tensor(real), 1).view(B, 8, 8, 1)
+    known = torch.zeros(8, 16, dtype=torch.bool)
+    known[:, :8] = True
+    given, known = given.view(B, 128, 1), known.flatten().expand(B, -1).contiguous()
+    new_side = np.zeros((32, 64), dtype=bool)
+    new_side[:, 32:] = True
+    wide = torch.zeros(3, 32, 64)
+    alpha = feather_alpha(torch.from_numpy(new_side), 2.0)
+
+    def timed(fn):
+        fn()                                        # warm-up, excluded
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
+    def pictures_of(tokens):
+        originals = torch.cat([to_tensor(real), wide[None, :, :, 32:].expand(B, -1, -1, -1)], dim=3)
+        return paste_back(decode_canvas(tok, tokens, 8, 16), originals, alpha)      # [B, 3, 32, 64]
+
+    rng = lambda: torch.Generator().manual_seed(SEED)   # noqa: E731
+    _, plain_s = timed(lambda: generate(ar, cond, options, rng()))
+    rows = [{"sampler": "plain AR sampler on the trained 8x8 grid (reference: 64 tokens an image too)",
+             "stride": None, "ms_per_image": 1000 * plain_s / B, "seam": None}]
+    pictures = {}
+    for stride in STRIDES:
+        tokens, seconds = timed(lambda: generate_canvas(ar, cond, 8, 16, options, rng(), given, known, stride))
+        assert torch.equal(tokens[known], given[known]), "an original token changed"
+        pictures[stride] = pictures_of(tokens)
+        rows.append({"sampler": f"AR window, stride {stride}", "stride": stride, "ms_per_image": 1000 * seconds / B,
+                     "seam": seam_score(to_uint8(pictures[stride]), new_side)})
+        print(f"stride {stride}: {rows[-1]['ms_per_image']:.0f} ms/image, seam {rows[-1]['seam']:.3f}", flush=True)
+    tokens, seconds = timed(lambda: generate_masked_canvas(mlm, cond, 8, 16, options, MLM_STEPS, rng(), given, known))
+    pictures["mlm"] = pictures_of(tokens)
+    rows.append({"sampler": f"masked generator, windows at stride 4, {MLM_STEPS} steps each", "stride": 4,
+                 "ms_per_image": 1000 * seconds / B, "seam": seam_score(to_uint8(pictures["mlm"]), new_side)})
+    pairs = np.concatenate([real, real[np.roll(np.arange(B), 1)]], axis=2)
+    rows.append({"sampler": "two real images side by side (a seam by construction)", "stride": None,
+                 "ms_per_image": None, "seam": seam_score(pairs, new_side)})
+    result = {"cpu": cpu_kind(), "images": B, "canvas": "8x16 tokens (32x64 px), the left 8x8 given",
+              "options": {"cfg_scale": CFG, "top_p": TOP_P}, "dtype": "float32 (plain loop, packed linears)",
+              "rows": rows}
+    (work / "canvas.json").write_text(json.dumps(result, indent=2))
+    docs = ROOT / "docs"
+    default = max(1, ar.config.grid_size // 4)
+    save_grid(torch.cat([pictures[default][:8], pictures["mlm"][:8]]), docs / "edit_expand.png", nrow=4)
+    inpaint_grid(work, docs / "edit_inpaint.png")
+
+
+def inpaint_grid(work: Path, out: Path) -> None:
+    """docs/edit_inpaint.png: per data set, rows of 8 held-out images: the original, the input with
+    its hole greyed, then the masked generator, AR teacher forcing and AR candidates K=4."""
+    from imagelm.data.transforms import save_grid, to_tensor
+    pixel_mask, _ = centre_masks()
+    rows = []
+    for data in DATASETS:
+        if not (work / data / "eval_images.npz").is_file():
+            continue                                     # that data set's eval stage has not run
+        shown = np.load(work / data / "eval_images.npz")
+        holed = shown["real"].copy()
+        holed[:, pixel_mask.numpy()] = 128
+        rows += [shown["real"], holed]
+        rows += [shown[key] for key in ("masked_generator_(MaskGIT,_8_steps)", "AR_teacher_forcing_(K=1)",
+                                        "AR_candidates_K=4,_kept-token_likelihood") if key in shown.files]
+    save_grid(to_tensor(np.concatenate(rows)), out, nrow=8)
+
+
+# ------------------------------------------------------------------------------ report
+def _num(x, fmt):
+    return "n/a" if x is None else format(x, fmt)
+
+
+def report(work: Path) -> str:
+    """WORK/report.md: the inpainting table per data set and the canvas table, from the stages' JSON."""
+    lines = []
+    for data in DATASETS:
+        file = work / data / "eval.json"
+        if not file.is_file():
+            continue
+        r = json.loads(file.read_text())
+        o = r["options"]
+        lines += [f"### Class-changing inpainting, `{data}` ({r['held_out_images']} held-out images, centre "
+                  f"{r['hole_tokens']})", "",
+                  f"CPU: {r['cpu']}; CFG {o['cfg_scale']}, top-p {o['top_p']}, masked steps {o['mlm_steps']}, "
+                  f"seam feathered {o['feather_px']} px; classifier held-out accuracy "
+                  f"{r['classifier_heldout_accuracy']:.1%}; FID on its features vs {r['reference_images']} real "
+                  f"held-out images", "",
+                  "| method | (a) requested class | (b) FID | (c) seam | seconds |", "|---|---|---|---|---|"]
+        for row in r["rows"]:
+            lines.append(f"| {row['method']} | {row['accuracy']:.1%} | {_num(row['fid'], '.2f')} | "
+                         f"{row['seam']:.3f} | {_num(row['seconds'], '.1f')} |")
+        if r.get("left_out"):
+            lines.append(f"\n(not run: the {', '.join(r['left_out'])} generator had not finished training)")
+        lines.append("")
+    file = work / "canvas.json"
+    if file.is_file():
+        r = json.loads(file.read_text())
+        base = r["rows"][0]["ms_per_image"]
+        lines += [f"### Outpainting `shapes-simple` 2x wide ({r['canvas']}, {r['images']} images)", "",
+                  f"CPU: {r['cpu']}; {r['dtype']}; CFG {r['options']['cfg_scale']}, top-p {r['options']['top_p']}; "
+                  "warm-up excluded; seam across the original's right edge", "",
+                  "| sampler | ms / image | vs plain 8x8 | seam |", "|---|---|---|---|"]
+        for row in r["rows"]:
+            ratio = None if row["ms_per_image"] is None else row["ms_per_image"] / base
+            lines.append(f"| {row['sampler']} | {_num(row['ms_per_image'], '.0f')} | {_num(ratio, '.2f')}x | "
+                         f"{_num(row['seam'], '.3f')} |")
+        lines.append("")
+    text = "\n".join(lines)
+    (work / "report.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench_edit"))
+    p.add_argument("--stage", required=True, choices=["prep", "ar", "mlm", "eval", "canvas", "report"])
+    p.add_argument("--data", default="shapes-simple", choices=DATASETS)
+    a = p.parse_args(argv)
+    torch.set_num_threads(2)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    if a.stage == "prep" and not prep(work, a.data):
+        return AGAIN
+    elif a.stage in ("ar", "mlm") and not train(work, a.data, a.stage):
+        return AGAIN
+    elif a.stage == "eval":
+        evaluate(work, a.data)
+    elif a.stage == "canvas":
+        canvas(work)
+    elif a.stage == "report":
+        print(report(work))
+    print(f"stage {a.stage} ({a.data}) done in {time.time() - t:.0f} s on {cpu_kind()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Inpainting over given tokens, for both generators: the token grid of a pixel mask, the masked
+generator's fill, and the AR generator's candidate search.
+
+A masked (MaskGIT) generator sees every kept token at once, so inpainting is its sampler started
+from the kept tokens (`sampling/masked.py` never changes a given position).
+
+A raster AR generator sees only the past: teacher forcing (draw the hole's tokens, take the kept
+ones) ignores the kept tokens after the hole, which is where seams come from. The candidate search
+draws K candidates for the hole (one engine request of B * K images) and keeps, per image, the one
+under which the model gives the kept tokens after the hole the highest likelihood: one
+teacher-forced pass per candidate (`kept_log_likelihood`). Under the model this picks the
+candidate p(hole | before) proposes that best explains what follows; K is the cost knob (K decodes
+and K scoring passes per image, the passes much cheaper than the decodes). K = 1 is teacher forcing.
+
+    known = token_grid(pixel_mask, factor=4).flatten(1).logical_not()     # True = kept
+    tokens = inpaint(model, cond, given, known, SamplingOptions(cfg_scale=2.0), seed=0, candidates=8)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from imagelm.sampling.autoregressive import SamplingOptions, check_given, evaluating, generate
+from imagelm.sampling.engine import Engine
+from imagelm.sampling.masked import generate_masked
+
+SCORES = ("kept", "joint")
+
+
+def token_grid(pixel_mask: torch.Tensor, factor: int, dilate: int = 0) -> torch.Tensor:
+    """The tokens a pixel mask touches: pixel_mask [..., H, W] bool (True = regenerate) -> [..., H/f,
+    W/f] bool, True where any of the token's f x f pixels is masked, then grown by `dilate` tokens in
+    each direction (a square neighbourhood). H and W must be multiples of f."""
+    if factor < 1 or dilate < 0:
+        raise ValueError(f"factor must be >= 1 and dilate >= 0, got {factor} and {dilate}")
+    *lead, H, W = pixel_mask.shape
+    if H % factor or W % factor:
+        raise ValueError(f"a {W}x{H} mask does not split into {factor}x{factor}-pixel tokens")
+    x = pixel_mask.reshape(-1, 1, H, W).float()
+    grid = F.max_pool2d(x, factor)                                                  # [N, 1, H/f, W/f]
+    if dilate:
+        grid = F.max_pool2d(grid, 2 * dilate + 1, stride=1, padding=dilate)
+    return grid.reshape(*lead, H // factor, W // factor) > 0
+
+
+def first_unknown(known: torch.Tensor) -> torch.Tensor:
+    """known [B, L] bool -> [B] int64: the index of each row's first unknown position (L if none)."""
+    L = known.shape[1]
+    index = torch.arange(L, device=known.device).expand_as(known)
+    return torch.where(known, L, index).min(1).values
+
+
+@torch.no_grad()
+def log_likelihood(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Sum of the AR model's log p(token_i | condition, tokens < i) over the positions `where`:
+    cond (class ids [B] or a TextCondition), tokens [B, L, n], where [B, L] bool -> [B] float32.
+    One teacher-forced forward per row (`model(tokens, cond)`), `batch_size` rows at a time."""
+    out = []
+    with evaluating(model):
+        for s in range(0, len(tokens), batch_size):
+            part = slice(s, s + batch_size)
+            logp = model(tokens[part], cond[part]).log_softmax(-1)                      # [b, L, n, V]
+            per_token = logp.gather(-1, tokens[part].unsqueeze(-1))[..., 0].sum(-1)     # [b, L]
+            out.append((per_token * where[part]).sum(1))
+    return torch.cat(out)
+
+
+def scored_positions(known: torch.Tensor, score: str = "kept") -> torch.Tensor:
+    """Which positions a candidate is scored on: known [B, L] bool -> [B, L] bool.
+
+    "kept": the kept tokens after each row's first unknown position (those before it are the same for
+    every candidate, so they would add a constant). "joint": every position from the first unknown
+    one on, the hole's own tokens too: the whole image's log-likelihood up to that constant.
+    """
+    if score not in SCORES:
+        raise ValueError(f"unknown candidate score {score!r}; choose one of {', '.join(SCORES)}")
+    after = torch.arange(known.shape[1], device=known.device) >= first_unknown(known)[:, None]   # [B, L]
+    return after & known if score == "kept" else after
+
+
+def choose_candidates(model, cond, candidates: torch.Tensor, known: torch.Tensor, score: str = "kept",
+                      batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best of K candidates per image: cond [B] (or a TextCondition of batch B), candidates
+    [B, K, L, n], known [B, L] bool -> (tokens [B, L, n], scores [B, K] float32). The score is the
+    log-likelihood of `scored_positions(known, score)`; ties go to the lowest candidate index."""
+    B, K, L, n = candidates.shape
+    check_given(candidates[:, 0], known, len(cond), model.config.seq_len, model.config.num_subtokens)
+    flat = candidates.reshape(B * K, L, n)
+    where = scored_positions(known, score).repeat_interleave(K, 0)                           # [B*K, L]
+    scores = log_likelihood(model, cond.repeat_interleave(K), flat, where, batch_size).view(B, K)
+    best = scores.argmax(1)                                                                  # [B]
+    return candidates[torch.arange(B, device=best.device), best], scores
+
+
+def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: SamplingOptions = SamplingOptions(),
+            seed: int = 0, candidates: int = 1, score: str = "kept", steps: int = 10, sampler: str = "engine",
+            dtype: str = "auto", engine: Engine | None = None, progress: bool = False) -> torch.Tensor:
+    """Fill the unknown positions of given [B, L, n] (known [B, L] bool: True = keep) for cond [B]
+    (class ids) or a TextCondition of batch B -> tokens [B, L, n] int64, equal to `given` wherever
+    known. Deterministic in `seed`.
+
+    Masked generators: their sampler in `steps` steps from the kept tokens (candidates must be 1).
+    AR generators: `candidates` draws per image in one request through the engine (`sampler="engine"`
+    in `dtype`, or the caller's `engine`) or the plain sampler (`sampler="plain"`), then the best by
+    `score` (see choose_candidates). With candidates=1 this is teacher forcing, and with nothing
+    known it is exactly `imagelm.sample`'s draw for the same seed.
+    """
+    config = model.config
+    B = len(cond)
+    check_given(given, known, B, config.seq_len, config.num_subtokens)
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if score not in SCORES:
+        raise ValueError(f"unknown candidate score {score!r}; choose one of {', '.join(SCORES)}")
+    if bool(known.all()):
+        return given.clone()
+    device = given.device
+    if getattr(model, "kind", "ar") == "mlm":
+        if candidates != 1:
+            raise ValueError("candidate search is for AR generators; a masked generator sees every kept "
+                             "token already (use candidates=1)")
+        generator = torch.Generator(device).manual_seed(seed)
+        return generate_masked(model, cond, options, steps, generator, tokens=given, known=known, progress=progress)
+    K = candidates
+    cond_k, given_k, known_k = cond.repeat_interleave(K), given.repeat_interleave(K, 0), known.repeat_interleave(K, 0)
+    if sampler == "plain":
+        drawn = generate(model, cond_k, options, torch.Generator(device).manual_seed(seed), progress=progress,
+                         given=given_k, known=known_k)
+    elif sampler == "engine":
+        if engine is None:
+            engine = Engine(model, rows=B * K * (2 if options.guided else 1), dtype=dtype)
+        request = engine.submit(cond_k, options, seed, given=given_k, known=known_k)
+        engine.run(progress)
+        if request.error:
+            raise ValueError(request.error)
+        drawn = request.tokens
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}; choose engine or plain")
+    if K == 1:
+        return drawn
+    return choose_candidates(model, cond, drawn.view(B, K, *drawn.shape[1:]), known, score)[0]

@@ -1,0 +1,124 @@
+"""Inpainting over given tokens (sampling/editing.py): the token grid of a pixel mask, kept tokens
+never changed (AR and masked, class and text), nothing known = plain sampling, the candidate search
+picks the best-scoring candidate."""
+import pytest
+import torch
+import torch.nn as nn
+
+from imagelm.api import sample
+from imagelm.models import build_generator, gpt_config
+from imagelm.models.conditioning import TextCondition
+from imagelm.sampling.autoregressive import SamplingOptions, generate
+from imagelm.sampling.editing import (choose_candidates, first_unknown, inpaint, log_likelihood,
+                                      scored_positions, token_grid)
+from imagelm.sampling.masked import generate_masked
+
+
+def random_model(kind="ar", **overrides):
+    """A tiny generator on a 4x4 grid with non-zero heads (zero heads would make every draw uniform)."""
+    model = build_generator(gpt_config("tiny", grid_size=4, vocab_size=64, **overrides), kind).eval()
+    for head in model.output.heads:
+        nn.init.normal_(head.weight, std=0.5)
+    return model
+
+
+def text_cond(B, T=6, C=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :2] = False                               # a left-padded caption
+    return TextCondition(torch.randn(B, T, C, generator=g), mask)
+
+
+TEXT = dict(cond="text", cls_token_num=6, caption_dim=8)
+GUIDED = SamplingOptions(cfg_scale=2.0, top_k=20)
+
+
+def given_known(B, L=16, n=1, V=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    known = torch.rand(B, L, generator=g) < 0.5
+    known[:, 5] = False                                # at least one hole per image
+    return torch.randint(0, V, (B, L, n), generator=g), known
+
+
+def test_token_grid_marks_any_touched_token_and_dilates():
+    mask = torch.zeros(8, 12, dtype=torch.bool)
+    mask[5, 6] = True                                  # one pixel of token (1, 1) at factor 4
+    grid = token_grid(mask, 4)
+    assert grid.shape == (2, 3) and grid.sum() == 1 and grid[1, 1]
+    grown = token_grid(mask, 4, dilate=1)
+    assert grown.all()                                 # the 3x3 neighbourhood covers the whole 2x3 grid
+    batch = token_grid(torch.stack([mask, ~mask]), 4)
+    assert batch.shape == (2, 2, 3) and batch[1].all()
+    with pytest.raises(ValueError, match="does not split"):
+        token_grid(torch.zeros(7, 8, dtype=torch.bool), 4)
+
+
+@pytest.mark.parametrize("kind", ["ar", "mlm"])
+@pytest.mark.parametrize("cond_kind", ["class", "text"])
+def test_kept_tokens_are_never_changed(kind, cond_kind):
+    model = random_model(kind, **(TEXT if cond_kind == "text" else {}))
+    B = 3
+    cond = text_cond(B) if cond_kind == "text" else torch.tensor([0, 1, 2])
+    given, known = given_known(B)
+    for candidates in ([1, 3] if kind == "ar" else [1]):
+        out = inpaint(model, cond, given, known, GUIDED, seed=4, candidates=candidates, dtype="float32")
+        assert out.shape == given.shape
+        assert torch.equal(out[known], given[known])
+        assert not torch.equal(out[~known], given[~known])    # the hole was drawn (64-way: never all equal)
+
+
+def test_everything_known_returns_the_input_and_nothing_known_is_plain_sampling():
+    model = random_model()
+    cond = torch.tensor([3, 4])
+    given, _ = given_known(2)
+    everything = torch.ones(2, 16, dtype=torch.bool)
+    assert torch.equal(inpaint(model, cond, given, everything, GUIDED, seed=1), given)
+    nothing = torch.zeros(2, 16, dtype=torch.bool)
+    engine = inpaint(model, cond, given, nothing, GUIDED, seed=7, dtype="float32")
+    assert torch.equal(engine, sample(model, cond, cfg_scale=2.0, top_k=20, seed=7, dtype="float32"))
+    plain = inpaint(model, cond, given, nothing, GUIDED, seed=7, sampler="plain")
+    assert torch.equal(plain, generate(model, cond, GUIDED, torch.Generator().manual_seed(7)))
+    masked = random_model("mlm")
+    out = inpaint(masked, cond, given, nothing, GUIDED, seed=7, steps=4)
+    assert torch.equal(out, generate_masked(masked, cond, GUIDED, 4, torch.Generator().manual_seed(7)))
+
+
+def test_log_likelihood_is_the_teacher_forced_sum_over_the_chosen_positions():
+    model = random_model()
+    cond = torch.tensor([1, 2])
+    tokens, known = given_known(2)
+    where = scored_positions(known, "kept")
+    logp = model(tokens, cond).log_softmax(-1).gather(-1, tokens.unsqueeze(-1))[..., 0, 0]     # [B, L]
+    expected = (logp * where).sum(1)
+    assert torch.allclose(log_likelihood(model, cond, tokens, where, batch_size=1), expected, atol=1e-5)
+    start = first_unknown(known)
+    for b in range(2):   # kept: known and after the first hole; joint: everything from the first hole on
+        assert not where[b, :start[b] + 1].any() and torch.equal(where[b, start[b]:], known[b, start[b]:])
+        assert scored_positions(known, "joint")[b].tolist() == [i >= start[b] for i in range(16)]
+
+
+def test_candidate_search_keeps_the_best_scoring_candidate():
+    model = random_model()
+    cond = torch.tensor([1, 5])
+    given, known = given_known(2)
+    K = 4
+    drawn = inpaint(model, cond.repeat_interleave(K), given.repeat_interleave(K, 0),
+                    known.repeat_interleave(K, 0), GUIDED, seed=2, dtype="float32")          # the K candidates
+    best, scores = choose_candidates(model, cond, drawn.view(2, K, 16, 1), known)
+    assert torch.equal(best, drawn.view(2, K, 16, 1)[torch.arange(2), scores.argmax(1)])
+    assert torch.equal(inpaint(model, cond, given, known, GUIDED, seed=2, candidates=K, dtype="float32"), best)
+    assert scores.max(1).values.ge(scores[:, 0]).all()                 # at least as likely as teacher forcing
+
+
+def test_bad_arguments_are_one_line_errors():
+    model = random_model()
+    cond = torch.tensor([1])
+    given, known = given_known(1)
+    with pytest.raises(ValueError, match="candidates must be >= 1"):
+        inpaint(model, cond, given, known, candidates=0)
+    with pytest.raises(ValueError, match="unknown candidate score"):
+        inpaint(model, cond, given, known, score="best")
+    with pytest.raises(ValueError, match="given tokens must be"):
+        inpaint(model, cond, given[:, :8], known[:, :8])
+    with pytest.raises(ValueError, match="candidate search is for AR"):
+        inpaint(random_model("mlm"), cond, given, known, candidates=2)
