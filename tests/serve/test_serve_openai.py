@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,11 @@ def test_models_list_and_generate_give_pngs_of_the_asked_count_and_size(server):
     assert [im.shape for im in images] == [(16, 16, 3)] * 3
     r = c.images.generate(prompt="3", extra_body={"seed": 5})      # no model, size or n: the defaults
     assert len(r.data) == 1 and decode(r.data[0].b64_json).shape == (16, 16, 3)
-    assert r._request_id and r._request_id in log.read_text()      # the id is on the response and in the log
+    assert r._request_id                                            # the id is on the response ...
+    deadline = time.monotonic() + 10                                # ... and in the log, whose line the
+    while r._request_id not in log.read_text():                     # server writes once the response is out
+        assert time.monotonic() < deadline, f"request id {r._request_id} never reached the access log"
+        time.sleep(0.05)
 
 
 def test_same_seed_via_extra_body_gives_the_images_of_imagelm_sample(server, tiny_generator, tmp_path):
