@@ -32,6 +32,15 @@ from imagelm.sampling.masked import generate_masked
 from imagelm.sampling.precision import dtype_name, prepare_model
 
 
+def window_stride(grid: int, stride: int | None, default: int) -> int:
+    """The columns a window advances: `stride`, or `default` when None; a one-line ValueError
+    unless it is in 1..grid (the trained grid)."""
+    stride = default if stride is None else stride
+    if not 1 <= stride <= grid:
+        raise ValueError(f"stride must be in 1..{grid} (the trained grid), got {stride}")
+    return stride
+
+
 def check_canvas(config, height: int, width: int, B: int, given: torch.Tensor | None,
                  known: torch.Tensor | None) -> None:
     """A one-line ValueError unless the canvas is at least the trained grid in both directions and
@@ -76,9 +85,7 @@ def generate_canvas(model, cond, height: int, width: int, options: SamplingOptio
     g, P, n, V = config.grid_size, config.cls_token_num, config.num_subtokens, config.vocab_size
     B, device = len(cond), cond.device
     check_canvas(config, height, width, B, given, known)
-    stride = max(1, g // 4) if stride is None else stride
-    if not 1 <= stride <= g:
-        raise ValueError(f"stride must be in 1..{g} (the trained grid), got {stride}")
+    stride = window_stride(g, stride, default=max(1, g // 4))
     N = height * width
     if known is not None and not bool((known == known[:1]).all()):
         raise ValueError("a canvas's known mask must be the same for every image")
@@ -140,9 +147,7 @@ def generate_masked_canvas(model, cond, height: int, width: int, options: Sampli
     g, n = config.grid_size, config.num_subtokens
     B, device = len(cond), cond.device
     check_canvas(config, height, width, B, given, known)
-    stride = max(1, g // 2) if stride is None else stride
-    if not 1 <= stride <= g:
-        raise ValueError(f"stride must be in 1..{g} (the trained grid), got {stride}")
+    stride = window_stride(g, stride, default=max(1, g // 2))
     N = height * width
     tokens = given.clone() if given is not None else torch.zeros(B, N, n, dtype=torch.long, device=device)
     known = known.clone() if known is not None else torch.zeros(B, N, dtype=torch.bool, device=device)
