@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from imagelm.runtime import seeded_generator
 from imagelm.sampling.autoregressive import SamplingOptions, check_given, evaluating, generate
 from imagelm.sampling.engine import Engine
 from imagelm.sampling.masked import generate_masked
@@ -119,12 +120,11 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
         if candidates != 1:
             raise ValueError("candidate search is for AR generators; a masked generator sees every kept "
                              "token already (use candidates=1)")
-        generator = torch.Generator(device).manual_seed(seed)
-        return generate_masked(model, cond, options, steps, generator, tokens=given, known=known, progress=progress)
+        return generate_masked(model, cond, options, steps, seeded_generator(seed, device), tokens=given, known=known, progress=progress)
     K = candidates
     cond_k, given_k, known_k = cond.repeat_interleave(K), given.repeat_interleave(K, 0), known.repeat_interleave(K, 0)
     if sampler == "plain":
-        drawn = generate(model, cond_k, options, torch.Generator(device).manual_seed(seed), progress=progress,
+        drawn = generate(model, cond_k, options, seeded_generator(seed, device), progress=progress,
                          given=given_k, known=known_k)
     elif sampler == "engine":
         if engine is None:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from imagelm.models.conditioning import cat_conditions
 from imagelm.models.transformer import KVCache
-from imagelm.runtime import SAMPLING_DTYPES, choose_sampling_dtype, int8_available  # noqa: F401
+from imagelm.runtime import SAMPLING_DTYPES, choose_sampling_dtype, int8_available, seeded_generator  # noqa: F401
 from imagelm.sampling.autoregressive import cache_dtype, check_given, evaluating
 from imagelm.sampling.jacobi import DEFAULT_WINDOW, JacobiDecoding
 from imagelm.sampling.logits import RowSampling, SamplingOptions, uniforms
@@ -411,7 +411,7 @@ class Engine:
             return
         for request in admitted:
             request.tokens = torch.empty(request.n, self.length, self.n_sub, dtype=torch.long, device=self.device)
-            request.generator = torch.Generator(self.device).manual_seed(request.seed)
+            request.generator = seeded_generator(request.seed, self.device)
         conds = []
         for request in admitted:
             conds.append(request.cond)
