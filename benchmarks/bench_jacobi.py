@@ -4,6 +4,7 @@ For each trained class-conditional generator (`--ckpt`, with its data's built-in
 `imagelm train-features`), plain (one token per step) and Jacobi decoding through the same engine:
 - forward passes per image and mean tokens accepted per pass;
 - wall ms per image at 1 / 4 / 16 images (all admitted at once; a warm-up run first, not counted);
+- with `--codes DIR` (the generator's training codes), also Jacobi decoding drafting from them;
 - with `--groups G ...`, also Jacobi decoding with the lossy grouped acceptance over G codes;
 - quality of `--per-class` samples of every class: the classifier's accuracy and FID on its
   features against held-out real images, for plain sampling with two seeds (the run-to-run spread)
@@ -28,7 +29,7 @@ from imagelm.data import build_dataset
 from imagelm.data.transforms import to_uint8
 from imagelm.eval.classifier import class_accuracy, load_classifier
 from imagelm.eval.fid import feature_stats, frechet_distance
-from imagelm.images import acceptance_groups
+from imagelm.images import acceptance_groups, draft_store
 from imagelm.runtime import cpu_description
 from imagelm.sampling.engine import Engine
 from imagelm.sampling.logits import SamplingOptions
@@ -41,12 +42,13 @@ def features(clf, images_uint8: np.ndarray) -> np.ndarray:
         return torch.cat([clf(clf.prepare(x[i:i + 256]))[0] for i in range(0, len(x), 256)]).numpy()
 
 
-def run_engine(gen, cond, options, seed, decode, window, dtype, groups=None):
+def run_engine(gen, cond, options, seed, decode, window, dtype, groups=None, store=None):
     """(tokens, seconds, forward passes) of one batch, all images admitted at once; decode "plain",
-    "jacobi" or "groupedG" (Jacobi decoding with the lossy grouped acceptance over groups[decode])."""
+    "jacobi", "groupedG" (Jacobi decoding with the lossy grouped acceptance over groups[decode]) or
+    "jac+codes" (Jacobi decoding with drafts from the stored codes `store` too: exact)."""
     engine = Engine(gen, rows=len(cond) * (2 if options.guided else 1), dtype=dtype,
                     decode="plain" if decode == "plain" else "jacobi", window=window,
-                    groups=(groups or {}).get(decode))
+                    groups=(groups or {}).get(decode), draft_store=store if decode == "jac+codes" else None)
     start = time.perf_counter()
     request = engine.submit(cond, options, seed=seed)
     steps = 0
@@ -58,25 +60,28 @@ def run_engine(gen, cond, options, seed, decode, window, dtype, groups=None):
     return request.tokens, seconds, passes
 
 
-def trained(ckpt, clf_dir, data, a, options):
+def trained(ckpt, clf_dir, data, a, options, codes=None):
     gen = imagelm.load(ckpt)
     tok = imagelm.linked_tokenizer(gen.meta)
     clf = load_classifier(clf_dir)
     L = gen.config.seq_len
     groups = {f"grouped{g}": acceptance_groups(gen, g) for g in a.groups if g > 1}
-    decodes = ("plain", "jacobi", *groups)
+    store = draft_store(gen, codes, a.draft_match) if codes else None
+    decodes = ("plain", "jacobi", *(("jac+codes",) if store else ()), *groups)
     print(f"\n## {ckpt} ({data}): {L} tokens per image, {gen.config.num_classes} classes, window {a.window}, "
           f"dtype {a.dtype}" + ("; groupedG = Jacobi decoding with grouped acceptance over G codes (lossy)"
-                                if groups else ""))
+                                if groups else "") +
+          (f"; jac+codes = Jacobi decoding drafting from {codes} ({len(store.tokens)} images, matches of "
+           f"{a.draft_match}+ tokens)" if store else ""))
     print(f"{'images':>6} {'decode':<9} {'passes/img':>10} {'tok/pass':>8} {'ms/img':>8} {'speed-up':>8}")
     for batch in a.batches:
         cond = torch.arange(batch) % gen.config.num_classes
         row = {}
         for decode in decodes:
-            run_engine(gen, cond, options, 99, decode, a.window, a.dtype, groups)         # warm-up
+            run_engine(gen, cond, options, 99, decode, a.window, a.dtype, groups, store)  # warm-up
             times, passes = [], []
             for rep in range(a.reps):
-                _, seconds, p = run_engine(gen, cond, options, rep, decode, a.window, a.dtype, groups)
+                _, seconds, p = run_engine(gen, cond, options, rep, decode, a.window, a.dtype, groups, store)
                 times.append(seconds)
                 passes.append(p)
             ms = np.median(times) / batch * 1e3
@@ -91,9 +96,10 @@ def trained(ckpt, clf_dir, data, a, options):
     labels = torch.arange(gen.config.num_classes).repeat_interleave(a.per_class)
     print(f"quality: {len(labels)} samples, classifier accuracy and FID on its features vs {len(real)} real")
     runs = [("plain seed 0", "plain", 0), ("plain seed 1", "plain", 1), ("jacobi seed 0", "jacobi", 0)]
+    runs += [("jac+codes seed 0", "jac+codes", 0)] if store else []
     runs += [(f"{name} seed 0", name, 0) for name in groups]
     for name, decode, seed in runs:
-        tokens = torch.cat([run_engine(gen, labels[i:i + 64], options, seed + i, decode, a.window, a.dtype, groups)[0]
+        tokens = torch.cat([run_engine(gen, labels[i:i + 64], options, seed + i, decode, a.window, a.dtype, groups, store)[0]
                             for i in range(0, len(labels), 64)])
         images = to_uint8(imagelm.decode_tokens(tokens, tok).float())
         acc = class_accuracy(clf, images, labels.numpy())
@@ -132,6 +138,10 @@ def main() -> None:
     p.add_argument("--ckpt", action="append", default=[], help="a trained generator (repeatable)")
     p.add_argument("--classifier", action="append", default=[], help="its data's built-in classifier")
     p.add_argument("--data", action="append", default=[], help="its data set")
+    p.add_argument("--codes", action="append", default=[],
+                   help="its training codes, to also measure Jacobi decoding drafting from them (repeatable, "
+                        "in --ckpt order; 'none' to skip one)")
+    p.add_argument("--draft-match", type=int, default=4)
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--cfg", type=float, default=2.0)
@@ -148,8 +158,9 @@ def main() -> None:
     print(f"# CPU: {platform.processor() or 'x86_64'} ({cpu_description()}), {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; CFG {a.cfg}, top-k {a.top_k}")
     options = SamplingOptions(cfg_scale=a.cfg, top_k=a.top_k)
-    for ckpt, clf, data in zip(a.ckpt, a.classifier, a.data):
-        trained(ckpt, clf, data, a, options)
+    codes = [None if c == "none" else c for c in a.codes] + [None] * (len(a.ckpt) - len(a.codes))
+    for ckpt, clf, data, code in zip(a.ckpt, a.classifier, a.data, codes):
+        trained(ckpt, clf, data, a, options, code)
     if a.gpt_b:
         pass_cost(a)
 

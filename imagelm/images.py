@@ -47,8 +47,9 @@ class Sampler:
     sampler; masked generators in `steps` parallel steps. The engine decodes one token per step
     (`decode="plain"`) or verifies `window` draft tokens per forward pass (`decode="jacobi"`,
     speculative Jacobi decoding: the same distribution, another random stream; `groups` > 1: lossy
-    grouped acceptance over each token's `groups` nearest codes, see sampling/jacobi.py), eager or
-    with its step compiled (`compile`: auto | on | off; auto compiles only when the work pays it back).
+    grouped acceptance over each token's `groups` nearest codes; `draft_codes`: a codes directory to
+    draft from where the last `draft_match` tokens match a stored image, exact; see
+    sampling/jacobi.py), eager or with its step compiled (`compile`: auto | on | off; auto compiles only when the work pays it back).
 
     `conventions`: whose meaning the options have (sampling/conventions.py): imagelm (ours), elm,
     llamagen, or auto (the generator's provenance: an import samples as its original code does).
@@ -63,6 +64,8 @@ class Sampler:
     decode: str = "plain"
     window: int = 16
     groups: int = 1
+    draft_codes: str | None = None
+    draft_match: int = 4
     compile: str = "auto"
     conventions: str = "imagelm"
     defaulted: frozenset = frozenset()
@@ -84,6 +87,10 @@ class Sampler:
             raise ValueError(f"--jacobi-groups must be >= 1 (1: exact acceptance), got {self.groups}")
         if self.groups > 1 and self.decode != "jacobi":
             raise ValueError("--jacobi-groups is an acceptance rule of --decode jacobi; add --decode jacobi")
+        if self.draft_codes is not None and self.decode != "jacobi":
+            raise ValueError("--draft-codes gives Jacobi decoding its drafts; add --decode jacobi")
+        if not 1 <= self.draft_match <= 16:
+            raise ValueError(f"--draft-match must be 1..16 tokens, got {self.draft_match}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.conventions not in ("auto", *CONVENTIONS):
@@ -279,6 +286,8 @@ def _describe_machinery(generator, sampler: Sampler) -> str:
         return "sampler: plain (reference), float32"
     dtype, why = choose_sampling_dtype(next(generator.parameters()).device, sampler.dtype)
     grouped = f", grouped acceptance over {sampler.groups} codes: lossy" if sampler.groups > 1 else ""
+    if sampler.draft_codes:
+        grouped += f", drafts from {sampler.draft_codes} (matches of {sampler.draft_match}+ tokens)"
     how = f", speculative Jacobi decoding (window {sampler.window}{grouped})" if sampler.decode == "jacobi" else ""
     return f"sampler: engine, {dtype} ({why}){how}"
 
@@ -299,7 +308,8 @@ def engine_for(generator, rows: int, sampler: Sampler = Sampler()) -> Engine:
     """An Engine over `generator`'s current weights with at least `rows` cache rows, in the
     sampler's dtype, decoding and compile setting, reused while the same model is sampled again
     with unchanged weights."""
-    key = (_fingerprint(generator), sampler.dtype, sampler.decode, sampler.window, sampler.groups, sampler.compile)
+    key = (_fingerprint(generator), sampler.dtype, sampler.decode, sampler.window, sampler.groups,
+           sampler.draft_codes, sampler.draft_match, sampler.compile)
     with _cache_lock:
         ref, old_key, engine = _cached.get("model"), _cached.get("key"), _cached.get("engine")
         if ref is not None and ref() is generator and old_key == key and engine.rows >= rows:
@@ -308,7 +318,9 @@ def engine_for(generator, rows: int, sampler: Sampler = Sampler()) -> Engine:
     # workload: one batch of seq_len steps; `compile="auto"` compiles only for much more than that.
     engine = Engine(generator, rows=rows, dtype=sampler.dtype, compile=sampler.compile, decode=sampler.decode,
                     window=sampler.window, workload=generator.config.seq_len,
-                    groups=acceptance_groups(generator, sampler.groups) if sampler.groups > 1 else None)
+                    groups=acceptance_groups(generator, sampler.groups) if sampler.groups > 1 else None,
+                    draft_store=draft_store(generator, sampler.draft_codes, sampler.draft_match)
+                    if sampler.draft_codes else None)
     with _cache_lock:
         _cached.update(model=weakref.ref(generator), key=key, engine=engine)
     return engine
@@ -335,6 +347,29 @@ def token_vectors(generator) -> torch.Tensor:
         raise ValueError(f"the linked tokenizer has {vectors.shape[0]} codes, the generator "
                          f"{generator.config.vocab_size} tokens")
     return vectors
+
+
+def draft_store(generator, codes_dir, min_match: int = 4):
+    """Jacobi decoding's drafts from a codes directory (`imagelm extract-codes`, e.g. the generator's
+    training codes) -> a jacobi.DraftStore of its first view, checked against the generator."""
+    from imagelm.data.codes import CodesDataset
+    from imagelm.sampling.jacobi import DraftStore
+    try:
+        codes = CodesDataset(codes_dir)
+    except FileNotFoundError as e:
+        raise ValueError(f"--draft-codes: {e}") from None
+    layout, expected = codes.layout, layout_of(generator)
+    config = generator.config
+    if (layout.seq_len, layout.num_subtokens, layout.vocab_size) != (config.seq_len, config.num_subtokens,
+                                                                    config.vocab_size):
+        raise ValueError(f"--draft-codes {codes_dir}: its codes ({layout.grid_size}x{layout.grid_size} x "
+                         f"{layout.num_subtokens} of {layout.vocab_size}) are not this generator's tokens "
+                         f"({config.grid_size}x{config.grid_size} x {config.num_subtokens} of {config.vocab_size})")
+    if expected is not None and expected.bits != layout.bits:
+        raise ValueError(f"--draft-codes {codes_dir}: other codes ({layout.bits} bits) than the generator's "
+                         f"({expected.bits} bits)")
+    tokens, labels = codes.batch(torch.arange(len(codes)), views=torch.zeros(len(codes), dtype=torch.long))
+    return DraftStore(tokens, labels if config.cond == "class" else None, min_match)
 
 
 def acceptance_groups(generator, size: int) -> torch.Tensor:

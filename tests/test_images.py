@@ -101,3 +101,23 @@ def test_grouped_acceptance_groups_codes_by_the_tokenizers_code_space(tiny_token
         Sampler(groups=4)
     with pytest.raises(ValueError, match="needs the generator's tokenizer"):
         images.acceptance_groups(_model(), 4)
+
+
+def test_jacobi_drafts_from_a_codes_directory_are_checked_against_the_generator(tiny_codes, tiny_generator,
+                                                                                 tmp_path):
+    gen = imagelm.load(tiny_generator)
+    store = images.draft_store(gen, tiny_codes, min_match=2)
+    assert store.tokens.shape[1:] == (gen.config.seq_len, 1) and store.min_match == 2
+    s = Sampler(SamplingOptions(cfg_scale=2.0), decode="jacobi", draft_codes=str(tiny_codes), dtype="float32")
+    tokens = sample_tokens(gen, torch.tensor([0, 1]), 2, s, seed=0)
+    assert tokens.shape == (4, gen.config.seq_len, 1)
+    assert torch.equal(tokens, sample_tokens(gen, torch.tensor([0, 1]), 2, s, seed=0))         # by seed
+    with pytest.raises(ValueError, match="is not a codes directory"):
+        images.draft_store(gen, tmp_path)
+    other = build_generator(gpt_config("tiny", vocab_size=512, grid_size=8, num_classes=3)).eval()
+    with pytest.raises(ValueError, match="are not this generator's tokens"):
+        images.draft_store(other, tiny_codes)
+    with pytest.raises(ValueError, match="gives Jacobi decoding its drafts"):
+        Sampler(draft_codes=str(tiny_codes))
+    with pytest.raises(ValueError, match="--draft-match must be 1..16"):
+        Sampler(decode="jacobi", draft_match=0)

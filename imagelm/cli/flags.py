@@ -110,6 +110,11 @@ def decoding(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--jacobi-groups", type=int, default=1, metavar="G",
                     help="Jacobi decoding: accept a draft by the mass of its G nearest codes (lossy, faster; "
                          "default 1: exact acceptance, the model's distribution)")
+    sp.add_argument("--draft-codes", metavar="DIR", default=None,
+                    help="Jacobi decoding: also draft from these codes (e.g. the training codes) where the last "
+                         "--draft-match tokens match a stored image (exact: the model's distribution)")
+    sp.add_argument("--draft-match", type=int, default=4, metavar="K",
+                    help="Jacobi decoding: tokens that must match a stored image to draft from it (default 4)")
     sp.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                     help="compile the engine's decode step (auto: only when the work pays the compile back)")
 
@@ -154,7 +159,8 @@ def sampler(a: argparse.Namespace):
     asked = dict(cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule, cfg_interval=a.cfg_interval, temperature=a.temperature,
                  top_k=a.top_k, top_p=a.top_p, steps=a.steps, cfg_power=a.cfg_power)
     return asked_sampler(asked, a.conventions, SAMPLING_DEFAULTS, engine=a.engine, dtype=a.dtype, decode=a.decode,
-                         window=a.window, groups=a.jacobi_groups, compile=a.compile)
+                         window=a.window, groups=a.jacobi_groups, draft_codes=a.draft_codes,
+                         draft_match=a.draft_match, compile=a.compile)
 
 
 def tokenizer(sp: argparse.ArgumentParser, required: bool = False) -> None:

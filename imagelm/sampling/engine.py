@@ -39,7 +39,7 @@ from imagelm.models.conditioning import cat_conditions
 from imagelm.models.transformer import KVCache
 from imagelm.runtime import SAMPLING_DTYPES, choose_sampling_dtype, int8_available, seeded_generator  # noqa: F401
 from imagelm.sampling.autoregressive import cache_dtype, check_given, evaluating
-from imagelm.sampling.jacobi import DEFAULT_WINDOW, JacobiDecoding
+from imagelm.sampling.jacobi import DEFAULT_WINDOW, DraftStore, JacobiDecoding
 from imagelm.sampling.logits import RowSampling, SamplingOptions, uniforms
 from imagelm.sampling.precision import prepare_model
 from imagelm.sampling.step import DecodeBatch, compile_step, decode_step, row_bucket, sample_images
@@ -135,14 +135,15 @@ class Engine:
     caller's model is never changed); compile: auto | on | off (see choose_compile); decode: "plain"
     (one token per image a step) or "jacobi" (speculative Jacobi decoding, sampling/jacobi.py:
     several tokens a step, same distribution, other random stream; eager only) with `window` drafts
-    and, optionally, lossy grouped acceptance over `groups` [V, g] (jacobi.nearest_groups);
+    and, optionally, lossy grouped acceptance over `groups` [V, g] (jacobi.nearest_groups) and
+    drafts from stored codes (`draft_store`, a jacobi.DraftStore: exact);
     workload: the decode steps expected (None: unknown, e.g. a server), for compile="auto".
     Thread-safe for `submit`/`cancel` from other threads while one thread calls `step`.
     """
 
     def __init__(self, model: nn.Module, rows: int = 32, dtype: str = "auto", compile: str | bool = "auto",
                  decode: str = "plain", window: int = DEFAULT_WINDOW, workload: int | None = None,
-                 groups: torch.Tensor | None = None):
+                 groups: torch.Tensor | None = None, draft_store: DraftStore | None = None):
         if getattr(model, "kind", "ar") != "ar":
             raise EngineError("the engine decodes autoregressive generators; masked (mlm) generators use "
                               "their own parallel sampler")
@@ -162,13 +163,15 @@ class Engine:
             raise EngineError(f"unknown decode {decode!r}; choose one of {', '.join(DECODE_MODES)}")
         if groups is not None and decode != "jacobi":
             raise EngineError("grouped acceptance is part of Jacobi decoding; use decode jacobi")
+        if draft_store is not None and decode != "jacobi":
+            raise EngineError("drafts from stored codes are part of Jacobi decoding; use decode jacobi")
         if decode == "jacobi" and compile in (True, "on"):
             raise EngineError("speculative Jacobi decoding runs eager; use compile off or auto")
         self.decode = decode
         self.compiled, self.compile_reason = (False, "Jacobi decoding runs eager") if decode == "jacobi" \
             else choose_compile(self.device, compile, self.model, workload)
         try:
-            self._jacobi = JacobiDecoding(self, window, groups) if decode == "jacobi" else None
+            self._jacobi = JacobiDecoding(self, window, groups, draft_store) if decode == "jacobi" else None
         except ValueError as e:
             raise EngineError(str(e)) from None
         self.cache = KVCache(config, rows, cache_dtype(self.model, self.compiled), self.device)

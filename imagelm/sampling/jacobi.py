@@ -30,6 +30,15 @@ joint vocabulary (V^n values) is drawn by rejection from p with a bounded number
 (RESIDUAL_CANDIDATES); if every candidate is rejected, which happens with probability at most about
 1% of a rejection, the last candidate (a draw from p) is taken.
 
+Drafts from a datastore of codes (optional, exact; retrieval drafting as in REST, arXiv
+2311.08252): given codes of real images (the training set's, `DraftStore`), after each pass the
+window of an image whose last `min_match` or more tokens equal a stored image's tokens at the same
+positions is drafted from that image's next tokens (the longest such match; same class first),
+each with the one-hot proposal q = 1 at the drafted token: it is accepted with probability p(x)
+and a rejection draws from p without x. A draft that is a fixed function of the accepted tokens is
+as valid as a drawn one, so the distribution stays the model's. It pays where the model reproduces
+stored images (a model fitted closely to a small data set); elsewhere few windows match.
+
 Grouped acceptance (optional, lossy, after GSD, arXiv 2508.07747): image tokens are redundant,
 many codes decode to almost the same pixels, so a stale draft is often "right enough" where exact
 acceptance rejects it. With a group table (each token's `size` nearest tokens in the tokenizer's
@@ -176,6 +185,52 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, valid: torch.
     return Verdict(tokens, total, next_drafts, next_q)
 
 
+# ---------------------------------------------------------------- drafts from stored codes
+class DraftStore:
+    """Codes of stored images to draft from: tokens [N, L, n] int64, labels [N] int64 (or None), and
+    the shortest match (in tokens, at the same positions) that is drafted from (see the module doc)."""
+
+    MAX_MATCH = 16           # matches are compared over at most this many trailing tokens
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, min_match: int = 4):
+        if tokens.dim() != 3 or len(tokens) == 0:
+            raise ValueError(f"draft codes must be a non-empty [N, L, n] tensor, got {list(tokens.shape)}")
+        if not 1 <= min_match <= self.MAX_MATCH:
+            raise ValueError(f"the draft match must be 1..{self.MAX_MATCH} tokens, got {min_match}")
+        self.tokens, self.min_match = tokens.long(), min_match
+        self.labels = None if labels is None else labels.long()
+
+    def continuation(self, prefix: torch.Tensor, window: int, label: int | None = None) -> torch.Tensor | None:
+        """The next tokens after prefix [g, n] (g >= 1): up to `window` tokens [k, n] of the stored
+        image whose trailing tokens match the prefix's longest (at least min_match; ties: the same
+        label, then the lowest index), or None when none matches."""
+        g = len(prefix)
+        start = max(0, g - self.MAX_MATCH)
+        same = (self.tokens[:, start:g] == prefix[start:]).all(-1)                     # [N, <=16]
+        run = same.flip(1).long().cumprod(1).sum(1).float()                            # trailing match length
+        if label is not None and self.labels is not None:
+            run = run + 0.5 * (self.labels == label)
+        best = int(run.argmax())
+        if run[best] < self.min_match or g >= self.tokens.shape[1]:
+            return None
+        return self.tokens[best, g:g + window]
+
+
+def draft_from_store(state, store: DraftStore, tokens: torch.Tensor, labels: list, window: int, length: int) -> None:
+    """Replace the windows of a request's images (state: its JacobiState; tokens [n, L, n_sub] drawn
+    so far; labels: each image's class id or None) by stored continuations where one matches."""
+    V = state.proposals.shape[-1]
+    for i, g in enumerate(state.progress):
+        if g >= length:
+            continue
+        following = store.continuation(tokens[i, :g], window, labels[i])
+        if following is None:
+            continue
+        k = len(following)
+        state.drafts[i, :k] = following
+        state.proposals[i, :k] = torch.nn.functional.one_hot(following, V).to(state.proposals.dtype)
+
+
 # ---------------------------------------------------------------- in the engine
 @dataclass
 class JacobiState:
@@ -197,7 +252,8 @@ class JacobiDecoding:
     """The engine's decode step when it runs with decode="jacobi": one verify pass of every running
     image's window per step, each image accepting its own number of tokens (see the module doc)."""
 
-    def __init__(self, engine, window: int = DEFAULT_WINDOW, groups: torch.Tensor | None = None):
+    def __init__(self, engine, window: int = DEFAULT_WINDOW, groups: torch.Tensor | None = None,
+                 store: DraftStore | None = None):
         if window < 1:
             raise ValueError(f"the Jacobi window must be >= 1 token, got {window}")
         V = engine.config.vocab_size
@@ -205,6 +261,15 @@ class JacobiDecoding:
             raise ValueError(f"acceptance groups must be a [{V}, size] table, got {list(groups.shape)}")
         self.engine, self.window = engine, window
         self.groups = None if groups is None or groups.shape[1] == 1 else groups.to(engine.device)
+        if store is not None and tuple(store.tokens.shape[1:]) != (engine.config.seq_len, engine.config.num_subtokens):
+            raise ValueError(f"draft codes of {list(store.tokens.shape[1:])} tokens per image do not fit a "
+                             f"generator of {engine.config.seq_len} x {engine.config.num_subtokens}")
+        if store is not None and int(store.tokens.max()) >= V:
+            raise ValueError(f"draft codes reach token {int(store.tokens.max())}; the generator has {V}")
+        if store is not None:
+            store = DraftStore(store.tokens.to(engine.device),
+                               None if store.labels is None else store.labels.to(engine.device), store.min_match)
+        self.store = store
         self.passes = 0                  # forward passes run (verify steps), for reports
         self._rows = None                # RowSampling of the batch's slots, per batch
 
@@ -220,6 +285,7 @@ class JacobiDecoding:
                 index = (1 + torch.arange(W, device=e.device)).expand(r.n, W)
                 drafts = torch.where(at_indices(r.known, index)[..., None], at_indices(r.given, index), drafts)
             r.jacobi = JacobiState(drafts, proposals, [1] * r.n)
+            self._draft_from_store(r)
             start += r.n
 
     def batch_changed(self) -> None:
@@ -286,7 +352,16 @@ class JacobiDecoding:
             state.drafts = next_drafts[start:start + r.n]
             state.proposals = verdict.proposals[start:start + r.n]
             r.generated = min(state.progress)
+            self._draft_from_store(r)
             start += r.n
+
+    def _draft_from_store(self, r) -> None:
+        """Stored continuations as the next drafts of r's images (not for edits: their known tokens
+        are drafted already)."""
+        if self.store is None or r.known is not None:
+            return
+        labels = r.cond.tolist() if isinstance(r.cond, torch.Tensor) else [None] * r.n
+        draft_from_store(r.jacobi, self.store, r.tokens, labels, self.window, self.engine.length)
 
 
 def first_window(x0: torch.Tensor, options: SamplingOptions, window: int, generator, device) -> tuple:

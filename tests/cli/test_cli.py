@@ -40,6 +40,7 @@ def test_sample_is_deterministic_by_seed(tiny_generator, tmp_path):
     (["--jacobi-groups", "4"], "--jacobi-groups is an acceptance rule of --decode jacobi"),
     (["--decode", "jacobi", "--jacobi-groups", "0"], "--jacobi-groups must be >= 1"),
     (["--decode", "jacobi", "--jacobi-groups", "100000"], "more than the 512 tokens"),
+    (["--decode", "jacobi", "--draft-codes", "/nonexistent/codes"], "is not a codes directory"),
 ])
 def test_sample_bad_input(tiny_generator, tmp_path, capsys, extra, message):
     code = main(["sample", "--ckpt", str(tiny_generator), "--out", str(tmp_path / "x.png")] + extra)

@@ -43,8 +43,8 @@ def exact_distribution(model, label: int, options: SamplingOptions) -> dict:
     return {seq: float(v) for seq, v in zip(sequences, p)}
 
 
-def jacobi_samples(model, label, options, count, window=3, seed=0) -> torch.Tensor:
-    engine = Engine(model, rows=64, dtype="float32", decode="jacobi", window=window)
+def jacobi_samples(model, label, options, count, window=3, seed=0, store=None) -> torch.Tensor:
+    engine = Engine(model, rows=64, dtype="float32", decode="jacobi", window=window, draft_store=store)
     requests = [engine.submit(torch.full((32,), label), options, seed=seed + i) for i in range(count // 32)]
     engine.run()
     return torch.cat([r.tokens for r in requests])                                   # [count, L, n]
@@ -230,3 +230,55 @@ def test_grouped_acceptance_settings_are_checked():
         Engine(model, decode="plain", groups=torch.zeros(5, 2, dtype=torch.long))
     with pytest.raises(EngineError, match=r"\[5, size\] table"):
         Engine(model, decode="jacobi", groups=torch.zeros(4, 2, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- drafts from stored codes
+def test_drafts_from_stored_codes_keep_the_model_distribution():
+    # A store whose sequences share prefixes with many samples (every 2-token start of a 5-token
+    # vocabulary), so stored drafts are taken often and a wrong proposal would show.
+    model = peaked_model()
+    options = SamplingOptions(cfg_scale=2.0)
+    exact = exact_distribution(model, 1, options)
+    g = torch.Generator().manual_seed(0)
+    stored = torch.randint(0, 5, (25, 4, 1), generator=g)
+    stored[:, 0, 0], stored[:, 1, 0] = torch.arange(25) // 5, torch.arange(25) % 5
+    store = jacobi.DraftStore(stored, torch.ones(25, dtype=torch.long), min_match=1)
+    samples = jacobi_samples(model, 1, options, 3840, store=store)
+    for positions in [(0, 1), (2, 3), (1, 3)]:
+        assert chi_square(samples, exact, positions) < BOUND, positions
+
+
+def test_stored_continuations_match_the_longest_run_and_prefer_the_same_class():
+    tokens = torch.tensor([[1, 2, 3, 4], [9, 2, 3, 5], [1, 2, 3, 6]])[..., None]
+    store = jacobi.DraftStore(tokens, torch.tensor([0, 0, 1]), min_match=2)
+    assert store.continuation(torch.tensor([1, 2, 3])[:, None], 4, label=0)[:, 0].tolist() == [4]
+    assert store.continuation(torch.tensor([1, 2, 3])[:, None], 4, label=1)[:, 0].tolist() == [6]
+    assert store.continuation(torch.tensor([7, 2, 3])[:, None], 4, label=1)[:, 0].tolist() == [6]   # 2 tokens
+    assert store.continuation(torch.tensor([7, 7, 3])[:, None], 4) is None                         # 1 < 2
+    with pytest.raises(ValueError, match="1..16 tokens"):
+        jacobi.DraftStore(tokens, min_match=0)
+
+
+def test_greedy_with_the_greedy_images_stored_takes_whole_windows():
+    torch.manual_seed(0)
+    model = build_generator(gpt_config("tiny", grid_size=4)).eval()
+    for head in model.output.heads:
+        nn.init.normal_(head.weight, std=0.5)
+    options = SamplingOptions(cfg_scale=2.0, top_k=1)
+    cond = torch.tensor([1, 2, 3])
+    plain = generate(model, cond, options)                                          # [3, 16, 1]
+
+    def run(store):
+        engine = Engine(model, rows=6, dtype="float32", decode="jacobi", window=8, draft_store=store)
+        request = engine.submit(cond, options, seed=0)
+        engine.run()
+        return request.tokens, engine._jacobi.passes
+
+    tokens, passes = run(jacobi.DraftStore(plain, cond, min_match=1))
+    assert torch.equal(tokens, plain)
+    _, without = run(None)
+    assert passes <= 2 < without          # 15 tokens after the prefill's: two windows of 8
+    with pytest.raises(EngineError, match="do not fit"):
+        Engine(model, decode="jacobi", draft_store=jacobi.DraftStore(plain[:, :8]))
+    with pytest.raises(EngineError, match="part of Jacobi decoding"):
+        Engine(model, decode="plain", draft_store=jacobi.DraftStore(plain))
