@@ -115,7 +115,7 @@ def register(sub) -> None:
     e.add_argument("--candidates", type=int, default=1,
                    help="AR generators: draw K candidates for the hole, keep the one that best explains the kept "
                         "tokens after it (cost: K decodes + K scoring passes; 1 = teacher forcing)")
-    e.add_argument("--score", default="kept", choices=["kept", "joint", "guided-kept", "guided-joint"],
+    e.add_argument("--score", default="kept", choices=["kept", "joint", "guided-kept", "guided-joint", "class"],
                    help="candidate score: likelihood of the kept tokens after the hole (kept), or of everything "
                         "from the hole on (joint); the guided- ones score under the guidance the draw used "
                         "(s log p(x|c) - (s-1) log p(x|null), a second scoring pass)")

@@ -20,6 +20,9 @@ scale at that position. Summed over a sequence this is log p(x | c) + (s - 1) lo
 = log p(x | c) + (s - 1) [log p(c | x) - log p(c)] by Bayes: the likelihood times the model's own
 implicit classifier's belief in c raised to s - 1, the density (up to a constant) that guidance
 targets. It costs a second (unconditional) scoring pass per candidate; at s = 1 it is the plain score.
+"class" keeps only the second term (the limit of a large scale): the candidate the model's own
+implicit classifier most surely reads as the requested class, among draws that are already the
+sampler's plausible fills; it needs a model trained with condition dropout, as guidance does.
 
     known = token_grid(pixel_mask, factor=4).flatten(1).logical_not()     # True = kept
     tokens = inpaint(model, cond, given, known, SamplingOptions(cfg_scale=2.0), seed=0, candidates=8,
@@ -35,7 +38,7 @@ from imagelm.sampling.autoregressive import SamplingOptions, check_given, evalua
 from imagelm.sampling.engine import Engine
 from imagelm.sampling.masked import generate_masked
 
-SCORES = ("kept", "joint", "guided-kept", "guided-joint")
+SCORES = ("kept", "joint", "guided-kept", "guided-joint", "class")
 
 
 def token_grid(pixel_mask: torch.Tensor, factor: int, dilate: int = 0) -> torch.Tensor:
@@ -62,32 +65,50 @@ def first_unknown(known: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def token_log_probs(model, cond, tokens: torch.Tensor, batch_size: int = 256, null: bool = False):
+    """The AR model's log p(token_i | condition, tokens < i) at every position: cond (class ids [B] or
+    a TextCondition), tokens [B, L, n] -> [B, L] float32 (sub-tokens summed), and with null=True also
+    the same under the null condition (`model.null_cond`) -> a pair. One teacher-forced forward per
+    row and condition (`model(tokens, cond)`), `batch_size` rows at a time."""
+    def one(toks, c):                                                                   # -> [b, L]
+        logp = model(toks, c).log_softmax(-1)                                           # [b, L, n, V]
+        return logp.gather(-1, toks.unsqueeze(-1))[..., 0].sum(-1)
+
+    conditional, unconditional = [], []
+    with evaluating(model):
+        for s in range(0, len(tokens), batch_size):
+            part = slice(s, s + batch_size)
+            conditional.append(one(tokens[part], cond[part]))
+            if null:
+                unconditional.append(one(tokens[part], model.null_cond(cond[part])))
+    if null:
+        return torch.cat(conditional), torch.cat(unconditional)
+    return torch.cat(conditional)
+
+
 def log_likelihood(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256,
                    scales: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of the AR model's log p(token_i | condition, tokens < i) over the positions `where`:
     cond (class ids [B] or a TextCondition), tokens [B, L, n], where [B, L] bool -> [B] float32.
-    One teacher-forced forward per row (`model(tokens, cond)`), `batch_size` rows at a time.
 
     scales [L] float (guidance scale per position; None = no guidance): token i counts as
     s_i log p(x_i | c, x<i) - (s_i - 1) log p(x_i | null, x<i), a second forward under the null
-    condition (`model.null_cond`); positions at scale 1 count their conditional log-probability."""
-    guided = scales is not None and bool((scales != 1).any())
+    condition; positions at scale 1 count their conditional log-probability."""
+    if scales is None or not bool((scales != 1).any()):
+        return (token_log_probs(model, cond, tokens, batch_size) * where).sum(1)
+    conditional, null = token_log_probs(model, cond, tokens, batch_size, null=True)     # [B, L] each
+    scales = scales.to(conditional)
+    return ((scales * conditional - (scales - 1) * null) * where).sum(1)
 
-    def token_log_probs(toks, c):                                                       # -> [b, L]
-        logp = model(toks, c).log_softmax(-1)                                           # [b, L, n, V]
-        return logp.gather(-1, toks.unsqueeze(-1))[..., 0].sum(-1)
 
-    out = []
-    with evaluating(model):
-        for s in range(0, len(tokens), batch_size):
-            part = slice(s, s + batch_size)
-            c = cond[part]
-            per_token = token_log_probs(tokens[part], c)                                # [b, L]
-            if guided:
-                null = token_log_probs(tokens[part], model.null_cond(c))                # [b, L]
-                per_token = per_token + (scales.to(per_token) - 1) * (per_token - null)
-            out.append((per_token * where[part]).sum(1))
-    return torch.cat(out)
+def class_evidence(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Sum over `where` of log p(x_i | c, x<i) - log p(x_i | null, x<i): cond, tokens [B, L, n], where
+    [B, L] bool -> [B] float32. Over every position from a point on, this is log p(c | x) - log p(c |
+    the tokens before that point) under the model's own implicit (Bayes) classifier, so among
+    candidates that share those earlier tokens it ranks by how surely the model reads the whole image
+    as class c."""
+    conditional, null = token_log_probs(model, cond, tokens, batch_size, null=True)     # [B, L] each
+    return ((conditional - null) * where).sum(1)
 
 
 def scored_positions(known: torch.Tensor, score: str = "kept") -> torch.Tensor:
@@ -96,7 +117,8 @@ def scored_positions(known: torch.Tensor, score: str = "kept") -> torch.Tensor:
     "kept": the kept tokens after each row's first unknown position (those before it are the same for
     every candidate, so they would add a constant). "joint": every position from the first unknown
     one on, the hole's own tokens too: the whole image's log-likelihood up to that constant. The
-    guided scores ("guided-kept", "guided-joint") score the same positions as their plain names.
+    guided scores ("guided-kept", "guided-joint") score the same positions as their plain names,
+    "class" the joint ones.
     """
     check_score(score)
     after = torch.arange(known.shape[1], device=known.device) >= first_unknown(known)[:, None]   # [B, L]
@@ -115,7 +137,8 @@ def choose_candidates(model, cond, candidates: torch.Tensor, known: torch.Tensor
     [B, K, L, n], known [B, L] bool -> (tokens [B, L, n], scores [B, K] float32). The score is the
     log-likelihood of `scored_positions(known, score)`, for the guided scores under `options`'
     guidance scales (its schedule and interval; None or cfg_scale 1: no guidance, the plain score);
-    ties go to the lowest candidate index."""
+    "class" is `class_evidence` over the joint positions (the model's own belief that the image is
+    class c). Ties go to the lowest candidate index."""
     B, K, L, n = candidates.shape
     check_score(score)
     check_given(candidates[:, 0], known, len(cond), model.config.seq_len, model.config.num_subtokens)
@@ -124,7 +147,11 @@ def choose_candidates(model, cond, candidates: torch.Tensor, known: torch.Tensor
     scales = None
     if score.startswith("guided") and options is not None and options.guided:
         scales = torch.tensor(options.cfg_scales(L), device=flat.device)                     # [L]
-    scores = log_likelihood(model, cond.repeat_interleave(K), flat, where, batch_size, scales).view(B, K)
+    cond_k = cond.repeat_interleave(K)
+    if score == "class":
+        scores = class_evidence(model, cond_k, flat, where, batch_size).view(B, K)
+    else:
+        scores = log_likelihood(model, cond_k, flat, where, batch_size, scales).view(B, K)
     best = scores.argmax(1)                                                                  # [B]
     return candidates[torch.arange(B, device=best.device), best], scores
 

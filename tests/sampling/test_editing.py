@@ -1,6 +1,7 @@
 """Inpainting over given tokens (sampling/editing.py): the token grid of a pixel mask, kept tokens
 never changed (AR and masked, class and text), nothing known = plain sampling, the candidate search
-picks the best-scoring candidate, the guided scores are the CFG-tilted log-likelihood."""
+picks the best-scoring candidate, the guided scores are the CFG-tilted log-likelihood, "class" the
+model's implicit-classifier evidence."""
 import pytest
 import torch
 import torch.nn as nn
@@ -9,7 +10,7 @@ from imagelm.api import sample
 from imagelm.models import build_generator, gpt_config
 from imagelm.models.conditioning import TextCondition
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from imagelm.sampling.editing import (choose_candidates, first_unknown, inpaint, log_likelihood,
+from imagelm.sampling.editing import (choose_candidates, class_evidence, first_unknown, inpaint, log_likelihood,
                                       scored_positions, token_grid)
 from imagelm.sampling.masked import generate_masked
 
@@ -129,6 +130,8 @@ def test_guided_score_is_the_cfg_tilted_log_likelihood(cond_kind):
     plain = log_likelihood(model, cond, tokens, where)
     assert torch.allclose(log_likelihood(model, cond, tokens, where, scales=torch.ones(16)), plain)
     assert not torch.allclose(expected, plain)                                 # the null pass does count
+    evidence = ((conditional - null) * where).sum(1)                           # log p(c|x) - log p(c|x<hole)
+    assert torch.allclose(class_evidence(model, cond, tokens, where, batch_size=1), evidence, atol=1e-4)
 
 
 def test_guided_candidate_search_scores_under_the_request_guidance():
@@ -145,6 +148,8 @@ def test_guided_candidate_search_scores_under_the_request_guidance():
     assert torch.equal(best, drawn[torch.arange(2), scores.argmax(1)])
     out = inpaint(model, cond, given, known, GUIDED, seed=3, candidates=K, score="guided-joint", dtype="float32")
     assert torch.equal(out, best) and torch.equal(out[known], given[known])
+    _, evidence = choose_candidates(model, cond, drawn, known, "class", GUIDED)
+    assert torch.allclose(evidence, class_evidence(model, cond.repeat_interleave(K), flat, where).view(2, K))
     # Unguided options (or none): the guided score is the plain one.
     _, unguided = choose_candidates(model, cond, drawn, known, "guided-kept", SamplingOptions(cfg_scale=1.0))
     assert torch.equal(unguided, choose_candidates(model, cond, drawn, known, "kept")[1])
