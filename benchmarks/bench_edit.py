@@ -19,6 +19,7 @@ Stages (each reuses what a previous invocation finished, and each fits in ~15 mi
 - canvas: the sliding-window AR sampler on a 2x-wide canvas: ms per image at strides 1 (the window
           re-fed for every token, no cache reuse) to 8, timed (run under /work/bin/cpu-exclusive);
           and the pictures docs/edit_expand.png and docs/edit_inpaint.png.
+- grid:   docs/edit_inpaint.png alone, from the eval stages' pictures (no timing).
 - report: WORK/report.md (the tables) from the JSON the stages wrote.
 """
 from __future__ import annotations
@@ -343,19 +344,19 @@ def canvas(work: Path) -> None:
 
 
 SHOWN = ("masked generator (MaskGIT, 8 steps)", method_name(1, "kept"), method_name(8, "kept"),
-         method_name(8, "guided-joint"))
+         method_name(8, "class"))
 
 
 def inpaint_grid(work: Path, out: Path) -> None:
-    """docs/edit_inpaint.png: per data set, rows of 8 held-out images (the default 4x4 hole): the
+    """docs/edit_inpaint.png: per data set and hole (4x4, then 6x6), rows of 8 held-out images: the
     original, the input with its hole greyed, then the methods of SHOWN in that order."""
     from imagelm.data.transforms import save_grid, to_tensor
-    pixel_mask, _ = centre_masks()
     rows = []
-    for data in DATASETS:
-        file = eval_file(work / data, HOLE, "eval_images", "npz")
+    for data, hole in [(data, hole) for data in DATASETS for hole in (HOLE, 6)]:
+        file = eval_file(work / data, hole, "eval_images", "npz")
         if not file.is_file():
-            continue                                     # that data set's eval stage has not run
+            continue                                     # that eval stage has not run
+        pixel_mask, _ = centre_masks(hole)
         shown = np.load(file)
         holed = shown["real"].copy()
         holed[:, pixel_mask.numpy()] = 128
@@ -367,6 +368,13 @@ def inpaint_grid(work: Path, out: Path) -> None:
 # ------------------------------------------------------------------------------ report
 def _num(x, fmt):
     return "n/a" if x is None else format(x, fmt)
+
+
+def sign_test(won: int, lost: int) -> float:
+    """Two-sided sign test of paired outcomes: the chance of a split at least this uneven if either
+    method were as likely to win an image (ties left out); 1.0 when nothing differs."""
+    from scipy.stats import binomtest
+    return 1.0 if won + lost == 0 else binomtest(won, won + lost).pvalue
 
 
 def report(work: Path) -> str:
@@ -395,14 +403,17 @@ def report(work: Path) -> str:
             if forced is not None and row.get("candidates", 1) > 1 and "correct" in row:
                 won = sum(a and not b for a, b in zip(row["correct"], forced["correct"]))
                 lost = sum(b and not a for a, b in zip(row["correct"], forced["correct"]))
-                paired = f" (+{won} / -{lost} vs TF)"
+                paired = f" (+{won} / -{lost} vs TF, p {sign_test(won, lost):.2f})"
             lines.append(f"| {row['method']} | {row['accuracy']:.1%}{paired} | {_num(row['fid'], '.2f')} | "
                          f"{row['seam']:.3f} | {_num(row['seconds'], '.1f')} |")
         if r.get("ceiling_accuracy"):
+            lines.append("\n(+W / -L vs TF: images this row gets right and teacher forcing wrong, and the "
+                         "reverse, on the same draws; p: two-sided sign test.)")
             lines.append("\nCeiling of (a) for any choice among the AR draws (an image counts when one of its "
                          "first K candidates is judged the requested class; it asks the judge, so it is a "
                          "bound, not a method): " + ", ".join(f"K={k}: {v:.1%}" for k, v in
                                                               r["ceiling_accuracy"].items()) + ".")
+            lines.append("")
         if r.get("left_out"):
             lines.append(f"\n(not run: the {', '.join(r['left_out'])} generator had not finished training)")
         lines.append("")
@@ -427,7 +438,7 @@ def report(work: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_edit"))
-    p.add_argument("--stage", required=True, choices=["prep", "ar", "mlm", "eval", "canvas", "report"])
+    p.add_argument("--stage", required=True, choices=["prep", "ar", "mlm", "eval", "canvas", "grid", "report"])
     p.add_argument("--data", default="shapes-simple", choices=DATASETS)
     p.add_argument("--hole", type=int, default=HOLE, choices=HOLES,
                    help="eval: the centre hole's side in tokens of the 8x8 grid (default 4: 75%% kept)")
@@ -444,6 +455,8 @@ def main(argv=None) -> int:
         evaluate(work, a.data, a.hole)
     elif a.stage == "canvas":
         canvas(work)
+    elif a.stage == "grid":
+        inpaint_grid(work, ROOT / "docs" / "edit_inpaint.png")
     elif a.stage == "report":
         print(report(work))
     print(f"stage {a.stage} ({a.data}) done in {time.time() - t:.0f} s on {cpu_kind()}")
