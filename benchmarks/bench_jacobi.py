@@ -4,6 +4,7 @@ For each trained class-conditional generator (`--ckpt`, with its data's built-in
 `imagelm train-features`), plain (one token per step) and Jacobi decoding through the same engine:
 - forward passes per image and mean tokens accepted per pass;
 - wall ms per image at 1 / 4 / 16 images (all admitted at once; a warm-up run first, not counted);
+- with `--groups G ...`, also Jacobi decoding with the lossy grouped acceptance over G codes;
 - quality of `--per-class` samples of every class: the classifier's accuracy and FID on its
   features against held-out real images, for plain sampling with two seeds (the run-to-run spread)
   and Jacobi decoding.
@@ -27,6 +28,7 @@ from imagelm.data import build_dataset
 from imagelm.data.transforms import to_uint8
 from imagelm.eval.classifier import class_accuracy, load_classifier
 from imagelm.eval.fid import feature_stats, frechet_distance
+from imagelm.images import acceptance_groups
 from imagelm.runtime import cpu_description
 from imagelm.sampling.engine import Engine
 from imagelm.sampling.logits import SamplingOptions
@@ -39,9 +41,12 @@ def features(clf, images_uint8: np.ndarray) -> np.ndarray:
         return torch.cat([clf(clf.prepare(x[i:i + 256]))[0] for i in range(0, len(x), 256)]).numpy()
 
 
-def run_engine(gen, cond, options, seed, decode, window, dtype):
-    """(tokens, seconds, forward passes) of one batch, all images admitted at once."""
-    engine = Engine(gen, rows=len(cond) * (2 if options.guided else 1), dtype=dtype, decode=decode, window=window)
+def run_engine(gen, cond, options, seed, decode, window, dtype, groups=None):
+    """(tokens, seconds, forward passes) of one batch, all images admitted at once; decode "plain",
+    "jacobi" or "groupedG" (Jacobi decoding with the lossy grouped acceptance over groups[decode])."""
+    engine = Engine(gen, rows=len(cond) * (2 if options.guided else 1), dtype=dtype,
+                    decode="plain" if decode == "plain" else "jacobi", window=window,
+                    groups=(groups or {}).get(decode))
     start = time.perf_counter()
     request = engine.submit(cond, options, seed=seed)
     steps = 0
@@ -58,23 +63,26 @@ def trained(ckpt, clf_dir, data, a, options):
     tok = imagelm.linked_tokenizer(gen.meta)
     clf = load_classifier(clf_dir)
     L = gen.config.seq_len
+    groups = {f"grouped{g}": acceptance_groups(gen, g) for g in a.groups if g > 1}
+    decodes = ("plain", "jacobi", *groups)
     print(f"\n## {ckpt} ({data}): {L} tokens per image, {gen.config.num_classes} classes, window {a.window}, "
-          f"dtype {a.dtype}")
-    print(f"{'images':>6} {'decode':<7} {'passes/img':>10} {'tok/pass':>8} {'ms/img':>8} {'speed-up':>8}")
+          f"dtype {a.dtype}" + ("; groupedG = Jacobi decoding with grouped acceptance over G codes (lossy)"
+                                if groups else ""))
+    print(f"{'images':>6} {'decode':<9} {'passes/img':>10} {'tok/pass':>8} {'ms/img':>8} {'speed-up':>8}")
     for batch in a.batches:
         cond = torch.arange(batch) % gen.config.num_classes
         row = {}
-        for decode in ("plain", "jacobi"):
-            run_engine(gen, cond, options, 99, decode, a.window, a.dtype)                 # warm-up
+        for decode in decodes:
+            run_engine(gen, cond, options, 99, decode, a.window, a.dtype, groups)         # warm-up
             times, passes = [], []
             for rep in range(a.reps):
-                _, seconds, p = run_engine(gen, cond, options, rep, decode, a.window, a.dtype)
+                _, seconds, p = run_engine(gen, cond, options, rep, decode, a.window, a.dtype, groups)
                 times.append(seconds)
                 passes.append(p)
             ms = np.median(times) / batch * 1e3
             row[decode] = ms
             per_image = np.mean(passes)                  # every image of the batch runs in every pass
-            print(f"{batch:>6} {decode:<7} {per_image:>10.1f} {L / per_image:>8.2f} {ms:>8.1f} "
+            print(f"{batch:>6} {decode:<9} {per_image:>10.1f} {L / per_image:>8.2f} {ms:>8.1f} "
                   f"{row['plain'] / ms:>7.2f}x", flush=True)
     # Quality: the same number of samples per class.
     size = getattr(getattr(tok, "config", None), "image_size", 32)
@@ -82,13 +90,15 @@ def trained(ckpt, clf_dir, data, a, options):
     mu_r, sigma_r = feature_stats(features(clf, to_uint8(torch.stack([real[i][0] for i in range(len(real))]))))
     labels = torch.arange(gen.config.num_classes).repeat_interleave(a.per_class)
     print(f"quality: {len(labels)} samples, classifier accuracy and FID on its features vs {len(real)} real")
-    for name, decode, seed in (("plain seed 0", "plain", 0), ("plain seed 1", "plain", 1), ("jacobi seed 0", "jacobi", 0)):
-        tokens = torch.cat([run_engine(gen, labels[i:i + 64], options, seed + i, decode, a.window, a.dtype)[0]
+    runs = [("plain seed 0", "plain", 0), ("plain seed 1", "plain", 1), ("jacobi seed 0", "jacobi", 0)]
+    runs += [(f"{name} seed 0", name, 0) for name in groups]
+    for name, decode, seed in runs:
+        tokens = torch.cat([run_engine(gen, labels[i:i + 64], options, seed + i, decode, a.window, a.dtype, groups)[0]
                             for i in range(0, len(labels), 64)])
         images = to_uint8(imagelm.decode_tokens(tokens, tok).float())
         acc = class_accuracy(clf, images, labels.numpy())
         mu, sigma = feature_stats(features(clf, images))
-        print(f"  {name:<14} accuracy {acc:.3f}  FID {frechet_distance(mu, sigma, mu_r, sigma_r):.2f}", flush=True)
+        print(f"  {name:<16} accuracy {acc:.3f}  FID {frechet_distance(mu, sigma, mu_r, sigma_r):.2f}", flush=True)
 
 
 def pass_cost(a):
@@ -129,6 +139,8 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=64)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--groups", type=int, nargs="+", default=[],
+                   help="also measure Jacobi decoding with grouped (lossy) acceptance over G codes, each G")
     p.add_argument("--gpt-b", action="store_true", help="also time one pass of GPT-B (random weights)")
     p.add_argument("--passes", type=int, default=10)
     a = p.parse_args()

@@ -34,7 +34,7 @@ def sample(generator, cond, n: int = 1, cfg_scale: float | None = None, cfg_sche
            top_p: float | None = None, seed: int = 0, steps: int | None = None, progress: bool = False,
            text_encoder=None, engine: str = "engine", dtype: str = "auto", decode: str = "plain",
            window: int = 16, compile: str = "auto", conventions: str = "auto",
-           cfg_power: float = 1.0) -> torch.Tensor:
+           cfg_power: float = 1.0, groups: int = 1) -> torch.Tensor:
     """Sample `n` images per condition: cond = class ids or names (list) or a tensor [B]; for a text
     generator, prompts (a string or list of B strings) or a TextCondition
     -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
@@ -44,7 +44,8 @@ def sample(generator, cond, n: int = 1, cfg_scale: float | None = None, cfg_sche
     auto | float32 | bfloat16 | int8, see sampling/engine.py) or the plain reference sampler
     (`engine="plain"`, in the model's own dtype); in float32 both give the same tokens. With
     `decode="jacobi"` the engine verifies `window` draft tokens per forward pass (speculative Jacobi
-    decoding: fewer passes, the same distribution, another random stream). Masked (mlm)
+    decoding: fewer passes, the same distribution, another random stream; `groups` > 1: lossy
+    grouped acceptance, see sampling/jacobi.py). Masked (mlm)
     generators fill the grid in `steps` parallel steps (their CFG schedule runs over the steps).
 
     conventions: whose meaning the options have (sampling/conventions.py): "auto" (the checkpoint's:
@@ -55,7 +56,7 @@ def sample(generator, cond, n: int = 1, cfg_scale: float | None = None, cfg_sche
     asked = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_interval=cfg_interval,
                  temperature=temperature, top_k=top_k, top_p=top_p, steps=steps)
     sampler = asked_sampler({**asked, "cfg_power": cfg_power}, conventions, engine=engine, dtype=dtype,
-                            decode=decode, window=window, compile=compile)
+                            decode=decode, window=window, groups=groups, compile=compile)
     return sample_tokens(generator, as_condition(generator, cond, text_encoder), n, sampler, seed, progress)
 
 

@@ -46,8 +46,9 @@ class Sampler:
     the fast `engine` (in `dtype`: auto | float32 | bfloat16 | int8) or the `plain` reference
     sampler; masked generators in `steps` parallel steps. The engine decodes one token per step
     (`decode="plain"`) or verifies `window` draft tokens per forward pass (`decode="jacobi"`,
-    speculative Jacobi decoding: the same distribution, another random stream), eager or with its
-    step compiled (`compile`: auto | on | off; auto compiles only when the work pays it back).
+    speculative Jacobi decoding: the same distribution, another random stream; `groups` > 1: lossy
+    grouped acceptance over each token's `groups` nearest codes, see sampling/jacobi.py), eager or
+    with its step compiled (`compile`: auto | on | off; auto compiles only when the work pays it back).
 
     `conventions`: whose meaning the options have (sampling/conventions.py): imagelm (ours), elm,
     llamagen, or auto (the generator's provenance: an import samples as its original code does).
@@ -61,6 +62,7 @@ class Sampler:
     dtype: str = "auto"
     decode: str = "plain"
     window: int = 16
+    groups: int = 1
     compile: str = "auto"
     conventions: str = "imagelm"
     defaulted: frozenset = frozenset()
@@ -78,6 +80,10 @@ class Sampler:
             raise ValueError("--decode jacobi runs in the engine; drop --engine plain")
         if self.window < 1:
             raise ValueError(f"--window must be >= 1, got {self.window}")
+        if self.groups < 1:
+            raise ValueError(f"--jacobi-groups must be >= 1 (1: exact acceptance), got {self.groups}")
+        if self.groups > 1 and self.decode != "jacobi":
+            raise ValueError("--jacobi-groups is an acceptance rule of --decode jacobi; add --decode jacobi")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.conventions not in ("auto", *CONVENTIONS):
@@ -272,7 +278,8 @@ def _describe_machinery(generator, sampler: Sampler) -> str:
     if sampler.engine == "plain":
         return "sampler: plain (reference), float32"
     dtype, why = choose_sampling_dtype(next(generator.parameters()).device, sampler.dtype)
-    how = f", speculative Jacobi decoding (window {sampler.window})" if sampler.decode == "jacobi" else ""
+    grouped = f", grouped acceptance over {sampler.groups} codes: lossy" if sampler.groups > 1 else ""
+    how = f", speculative Jacobi decoding (window {sampler.window}{grouped})" if sampler.decode == "jacobi" else ""
     return f"sampler: engine, {dtype} ({why}){how}"
 
 
@@ -292,7 +299,7 @@ def engine_for(generator, rows: int, sampler: Sampler = Sampler()) -> Engine:
     """An Engine over `generator`'s current weights with at least `rows` cache rows, in the
     sampler's dtype, decoding and compile setting, reused while the same model is sampled again
     with unchanged weights."""
-    key = (_fingerprint(generator), sampler.dtype, sampler.decode, sampler.window, sampler.compile)
+    key = (_fingerprint(generator), sampler.dtype, sampler.decode, sampler.window, sampler.groups, sampler.compile)
     with _cache_lock:
         ref, old_key, engine = _cached.get("model"), _cached.get("key"), _cached.get("engine")
         if ref is not None and ref() is generator and old_key == key and engine.rows >= rows:
@@ -300,10 +307,44 @@ def engine_for(generator, rows: int, sampler: Sampler = Sampler()) -> Engine:
         _cached.clear()                  # free the old engine's caches (and weight copy) first
     # workload: one batch of seq_len steps; `compile="auto"` compiles only for much more than that.
     engine = Engine(generator, rows=rows, dtype=sampler.dtype, compile=sampler.compile, decode=sampler.decode,
-                    window=sampler.window, workload=generator.config.seq_len)
+                    window=sampler.window, workload=generator.config.seq_len,
+                    groups=acceptance_groups(generator, sampler.groups) if sampler.groups > 1 else None)
     with _cache_lock:
         _cached.update(model=weakref.ref(generator), key=key, engine=engine)
     return engine
+
+
+def token_vectors(generator) -> torch.Tensor:
+    """Where each of the generator's tokens lies in its tokenizer's code space -> [V, D]: the bits of
+    a binary sub-token (D = bits per sub-token), else the linked VQ tokenizer's codebook as used."""
+    layout = layout_of(generator)
+    if layout is not None and layout.bits is not None:
+        values = torch.arange(layout.vocab_size)
+        return ((values[:, None] >> torch.arange(layout.bits_per_token)) & 1).float()
+    meta = meta_of(generator)
+    if meta is None:
+        raise ValueError("grouped acceptance needs the generator's tokenizer: load the generator from its "
+                         "checkpoint directory (imagelm.load) so that its linked tokenizer can be found")
+    from imagelm.tokenizers import load_linked_tokenizer
+    tokenizer = load_linked_tokenizer(meta)
+    quantize = getattr(tokenizer, "quantize", None)
+    if not hasattr(quantize, "codebook"):
+        raise ValueError(f"grouped acceptance needs a codebook; {type(tokenizer).__name__} has none")
+    vectors = quantize.codebook().detach().float()
+    if vectors.shape[0] != generator.config.vocab_size:
+        raise ValueError(f"the linked tokenizer has {vectors.shape[0]} codes, the generator "
+                         f"{generator.config.vocab_size} tokens")
+    return vectors
+
+
+def acceptance_groups(generator, size: int) -> torch.Tensor:
+    """Jacobi decoding's acceptance groups of `generator`'s tokens: [V, size], each token's nearest
+    tokens in its tokenizer's code space (itself first)."""
+    from imagelm.sampling.jacobi import nearest_groups
+    vectors = token_vectors(generator)
+    if size > len(vectors):
+        raise ValueError(f"--jacobi-groups {size} is more than the {len(vectors)} tokens of the vocabulary")
+    return nearest_groups(vectors, size).to(next(generator.parameters()).device)
 
 
 # ------------------------------------------------------------------------------------ decoding

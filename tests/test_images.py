@@ -77,3 +77,27 @@ def test_tokens_decode_through_the_checkpoints_layout(tiny_tokenizer, tiny_gener
     bits = CheckpointMeta(kind="ar", config=big.config.to_dict(), layout=TokenLayout.binary(8, 9, 1))
     with pytest.raises(ValueError, match=r"\(9-bit codes\) do not fit this tokenizer's codes \(indices of a 512"):
         images.decode_tokens(made.tokens, tok, bits.layout)
+
+
+def test_grouped_acceptance_groups_codes_by_the_tokenizers_code_space(tiny_tokenizer, tiny_generator):
+    from imagelm.checkpoint import CheckpointMeta
+    from imagelm.vocab import TokenLayout
+    gen = imagelm.load(tiny_generator)
+    tok = imagelm.linked_tokenizer(gen.meta)
+    groups = images.acceptance_groups(gen, 4)
+    V = gen.config.vocab_size
+    assert groups.shape == (V, 4) and torch.equal(groups[:, 0], torch.arange(V))
+    codebook = tok.quantize.codebook().detach()
+    near = torch.cdist(codebook[:1], codebook)[0]
+    assert near[groups[0, 1:]].max() <= near[torch.arange(1, V)].sort().values[2] + 1e-6   # its 3 nearest
+    # Binary sub-tokens: neighbours by their bits (one bit apart first).
+    m = build_generator(gpt_config("tiny", vocab_size=8, grid_size=2, num_classes=3)).eval()
+    m.meta = CheckpointMeta(kind="ar", config=m.config.to_dict(), layout=TokenLayout.binary(2, 3, 1))
+    assert set(images.acceptance_groups(m, 4)[0].tolist()) == {0, 1, 2, 4}
+    tokens = sample_tokens(gen, torch.tensor([0, 1]), 1, Sampler(SamplingOptions(cfg_scale=2.0), decode="jacobi",
+                                                                  groups=4, dtype="float32"), seed=0)
+    assert tokens.shape == (2, gen.config.seq_len, 1)
+    with pytest.raises(ValueError, match="acceptance rule of --decode jacobi"):
+        Sampler(groups=4)
+    with pytest.raises(ValueError, match="needs the generator's tokenizer"):
+        images.acceptance_groups(_model(), 4)

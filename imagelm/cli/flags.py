@@ -107,6 +107,9 @@ def decoding(sp: argparse.ArgumentParser) -> None:
                     help="AR decoding: one token per step (default), or speculative Jacobi decoding: several "
                          "tokens per forward pass, the same distribution (another random stream)")
     sp.add_argument("--window", type=int, default=16, help="Jacobi decoding: draft tokens verified per pass")
+    sp.add_argument("--jacobi-groups", type=int, default=1, metavar="G",
+                    help="Jacobi decoding: accept a draft by the mass of its G nearest codes (lossy, faster; "
+                         "default 1: exact acceptance, the model's distribution)")
     sp.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                     help="compile the engine's decode step (auto: only when the work pays the compile back)")
 
@@ -151,7 +154,7 @@ def sampler(a: argparse.Namespace):
     asked = dict(cfg_scale=a.cfg, cfg_schedule=a.cfg_schedule, cfg_interval=a.cfg_interval, temperature=a.temperature,
                  top_k=a.top_k, top_p=a.top_p, steps=a.steps, cfg_power=a.cfg_power)
     return asked_sampler(asked, a.conventions, SAMPLING_DEFAULTS, engine=a.engine, dtype=a.dtype, decode=a.decode,
-                         window=a.window, compile=a.compile)
+                         window=a.window, groups=a.jacobi_groups, compile=a.compile)
 
 
 def tokenizer(sp: argparse.ArgumentParser, required: bool = False) -> None:

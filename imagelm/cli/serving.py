@@ -9,7 +9,7 @@ def serve(a) -> None:
     serve(a.ckpt, host=a.host, port=a.port, device=a.device, dtype=a.dtype, rows=a.rows, max_n=a.max_n,
           max_pending=a.max_queue, grace_s=a.grace, tokenizer=a.tokenizer, api_keys=a.api_key,
           cors_origins=a.cors_origin, timeout_s=a.timeout,
-          decode=a.decode, window=a.window, compile=a.compile)
+          decode=a.decode, window=a.window, groups=a.jacobi_groups, compile=a.compile)
 
 
 def register(sub) -> None:

@@ -134,13 +134,15 @@ class Engine:
     runtime.choose_sampling_dtype; another dtype than the model's means a converted copy, the
     caller's model is never changed); compile: auto | on | off (see choose_compile); decode: "plain"
     (one token per image a step) or "jacobi" (speculative Jacobi decoding, sampling/jacobi.py:
-    several tokens a step, same distribution, other random stream; eager only) with `window` drafts;
+    several tokens a step, same distribution, other random stream; eager only) with `window` drafts
+    and, optionally, lossy grouped acceptance over `groups` [V, g] (jacobi.nearest_groups);
     workload: the decode steps expected (None: unknown, e.g. a server), for compile="auto".
     Thread-safe for `submit`/`cancel` from other threads while one thread calls `step`.
     """
 
     def __init__(self, model: nn.Module, rows: int = 32, dtype: str = "auto", compile: str | bool = "auto",
-                 decode: str = "plain", window: int = DEFAULT_WINDOW, workload: int | None = None):
+                 decode: str = "plain", window: int = DEFAULT_WINDOW, workload: int | None = None,
+                 groups: torch.Tensor | None = None):
         if getattr(model, "kind", "ar") != "ar":
             raise EngineError("the engine decodes autoregressive generators; masked (mlm) generators use "
                               "their own parallel sampler")
@@ -158,13 +160,15 @@ class Engine:
         self.n_sub = config.num_subtokens
         if decode not in DECODE_MODES:
             raise EngineError(f"unknown decode {decode!r}; choose one of {', '.join(DECODE_MODES)}")
+        if groups is not None and decode != "jacobi":
+            raise EngineError("grouped acceptance is part of Jacobi decoding; use decode jacobi")
         if decode == "jacobi" and compile in (True, "on"):
             raise EngineError("speculative Jacobi decoding runs eager; use compile off or auto")
         self.decode = decode
         self.compiled, self.compile_reason = (False, "Jacobi decoding runs eager") if decode == "jacobi" \
             else choose_compile(self.device, compile, self.model, workload)
         try:
-            self._jacobi = JacobiDecoding(self, window) if decode == "jacobi" else None
+            self._jacobi = JacobiDecoding(self, window, groups) if decode == "jacobi" else None
         except ValueError as e:
             raise EngineError(str(e)) from None
         self.cache = KVCache(config, rows, cache_dtype(self.model, self.compiled), self.device)

@@ -30,6 +30,15 @@ joint vocabulary (V^n values) is drawn by rejection from p with a bounded number
 (RESIDUAL_CANDIDATES); if every candidate is rejected, which happens with probability at most about
 1% of a rejection, the last candidate (a draw from p) is taken.
 
+Grouped acceptance (optional, lossy, after GSD, arXiv 2508.07747): image tokens are redundant,
+many codes decode to almost the same pixels, so a stale draft is often "right enough" where exact
+acceptance rejects it. With a group table (each token's `size` nearest tokens in the tokenizer's
+code space, itself included: `nearest_groups`), draft x is accepted with probability
+min(1, p(G(x)) / q(G(x))), the mass of its group under p and q (sub-tokens: the product over the
+position's sub-tokens). What is exact then: the distribution over groups at an accepted slot when p
+and q agree within groups; what is not: which member of the group is taken (the draft, not a draw
+from p inside the group). A group of size 1 is exact acceptance.
+
 Randomness: per pass every image draws a fixed block of uniforms from its request's torch.Generator,
 so the same seed gives the same tokens (not the plain sampler's tokens: another random stream, the
 same distribution).
@@ -94,6 +103,24 @@ def residual_uniforms(n: int) -> int:
     return 1 if n == 1 else RESIDUAL_CANDIDATES * (n + 1)
 
 
+def nearest_groups(vectors: torch.Tensor, size: int) -> torch.Tensor:
+    """Acceptance groups from token vectors [V, D] (a VQ codebook, or a binary sub-token's bits):
+    -> [V, size] int64, each token's `size` nearest tokens by Euclidean distance, itself first."""
+    V = vectors.shape[0]
+    if not 1 <= size <= V:
+        raise ValueError(f"an acceptance group has 1..{V} tokens, got {size}")
+    vectors = vectors.float()
+    distance = torch.cdist(vectors, vectors)
+    distance.fill_diagonal_(-1.0)                        # itself first, whatever the ties
+    return distance.topk(size, dim=1, largest=False).indices
+
+
+def group_mass(probs: torch.Tensor, tokens: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Probability of each token's group: probs [..., n, V], tokens [..., n], groups [V, g] (the g
+    tokens of each token's group, itself first) -> [...], the product over sub-tokens."""
+    return probs.gather(-1, groups[tokens]).sum(-1).prod(-1)
+
+
 @dataclass
 class Verdict:
     """One verify pass over I windows of W slots: tokens [I, W, n] the image's tokens at the first
@@ -107,16 +134,20 @@ class Verdict:
 
 def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, valid: torch.Tensor,
            u_accept: torch.Tensor, u_residual: torch.Tensor, u_fresh: torch.Tensor,
-           known: torch.Tensor | None = None) -> Verdict:
+           known: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> Verdict:
     """Speculative acceptance of I windows and the next drafts (see the module doc).
 
     p, q [I, W, n, V]: the model's and the proposals' distributions per slot; drafts [I, W, n];
     valid [I, W] bool: slots inside the image (a window near the end is shorter); u_accept [I, W],
     u_residual [I, W, C], u_fresh [I, W, n] uniforms; known [I, W]: slots whose token is fixed in
-    advance (always accepted: the caller drafts the given token there).
+    advance (always accepted: the caller drafts the given token there); groups [V, g]: grouped
+    (lossy) acceptance, see the module doc (None: exact).
     """
     I, W, n, V = p.shape
-    ratio = joint(p, drafts) / joint(q, drafts).clamp_min(1e-30)                        # [I, W]
+    if groups is None:
+        ratio = joint(p, drafts) / joint(q, drafts).clamp_min(1e-30)                    # [I, W]
+    else:
+        ratio = group_mass(p, drafts, groups) / group_mass(q, drafts, groups).clamp_min(1e-30)
     accept = u_accept < ratio
     if known is not None:
         accept = accept | known
@@ -166,10 +197,14 @@ class JacobiDecoding:
     """The engine's decode step when it runs with decode="jacobi": one verify pass of every running
     image's window per step, each image accepting its own number of tokens (see the module doc)."""
 
-    def __init__(self, engine, window: int = DEFAULT_WINDOW):
+    def __init__(self, engine, window: int = DEFAULT_WINDOW, groups: torch.Tensor | None = None):
         if window < 1:
             raise ValueError(f"the Jacobi window must be >= 1 token, got {window}")
+        V = engine.config.vocab_size
+        if groups is not None and (groups.dim() != 2 or groups.shape[0] != V):
+            raise ValueError(f"acceptance groups must be a [{V}, size] table, got {list(groups.shape)}")
         self.engine, self.window = engine, window
+        self.groups = None if groups is None or groups.shape[1] == 1 else groups.to(engine.device)
         self.passes = 0                  # forward passes run (verify steps), for reports
         self._rows = None                # RowSampling of the batch's slots, per batch
 
@@ -225,7 +260,7 @@ class JacobiDecoding:
             known, given = at_indices(batch.known, index) & valid, at_indices(batch.given, index)
         draws = [pass_uniforms(r.n, W, n, r.generator, device) for r in requests]
         u_accept, u_residual, u_fresh = (torch.cat(part) for part in zip(*draws))
-        verdict = verify(p, q, drafts, valid, u_accept, u_residual, u_fresh, known)
+        verdict = verify(p, q, drafts, valid, u_accept, u_residual, u_fresh, known, self.groups)
         total = verdict.count                                                           # [I]
         next_drafts = verdict.drafts
         if known is not None:   # the next window drafts the given tokens where they are known

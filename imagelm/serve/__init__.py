@@ -27,9 +27,10 @@ def create_app(*args, **kwargs):
 def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: str = "auto", rows: int = 32,
           max_n: int = 16, max_pending: int = 64, grace_s: float = 10.0, tokenizer=None, api_keys=None,
           cors_origins=(), timeout_s: float | None = None, decode: str = "plain", window: int = 16,
-          compile: str = "auto") -> None:
+          compile: str = "auto", groups: int = 1) -> None:
     """Load the generator at `ckpt` and serve it on host:port until SIGINT/SIGTERM (uvicorn, one
     process, one engine). On shutdown, in-flight requests get `grace_s` seconds to finish.
+    decode / window / groups / compile: the engine's decoding (see imagelm.images.Sampler).
 
     api_keys: bearer keys every API route then requires; None takes $IMAGELM_API_KEY if set. A host
     other than loopback with no key prints a warning. cors_origins: browser origins allowed to call
@@ -44,6 +45,7 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: s
     import torch
 
     import imagelm
+    from imagelm.images import acceptance_groups
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     for name, value in (("--rows", rows), ("--max-n", max_n), ("--max-queue", max_pending)):
@@ -60,9 +62,12 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: s
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = imagelm.load(ckpt, device)
     tok = imagelm.linked_tokenizer(gen.meta, tokenizer, device)
+    if groups > 1 and decode != "jacobi":
+        raise ValueError("--jacobi-groups is an acceptance rule of --decode jacobi; add --decode jacobi")
+    groups = acceptance_groups(gen, groups) if groups > 1 else None
     app = _create_app(gen, tok, rows=rows, dtype=dtype, max_n=max_n, max_pending=max_pending, grace_s=grace_s,
                       api_keys=api_keys, cors_origins=cors_origins, timeout_s=timeout_s,
-                      engine_options=dict(decode=decode, window=window, compile=compile))
+                      engine_options=dict(decode=decode, window=window, compile=compile, groups=groups))
     info = app.state.info
     _log_to_stderr()
     print(f"serving {info['model']} ({info['conditioning']}-conditional, engine {info['engine']['dtype']}: "

@@ -37,6 +37,9 @@ def test_sample_is_deterministic_by_seed(tiny_generator, tmp_path):
     (["--classes", "dragon"], "unknown class 'dragon'"),
     (["--classes", "99"], "unknown class 99"),
     (["--n", "-1"], "--n must be >= 1"),
+    (["--jacobi-groups", "4"], "--jacobi-groups is an acceptance rule of --decode jacobi"),
+    (["--decode", "jacobi", "--jacobi-groups", "0"], "--jacobi-groups must be >= 1"),
+    (["--decode", "jacobi", "--jacobi-groups", "100000"], "more than the 512 tokens"),
 ])
 def test_sample_bad_input(tiny_generator, tmp_path, capsys, extra, message):
     code = main(["sample", "--ckpt", str(tiny_generator), "--out", str(tmp_path / "x.png")] + extra)

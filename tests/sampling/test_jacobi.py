@@ -95,8 +95,8 @@ def test_a_broken_acceptance_rule_fails_the_same_check(monkeypatch):
     exact = exact_distribution(model, 1, options)
     real = jacobi.verify
 
-    def always_accept(p, q, drafts, valid, u_accept, u_residual, u_fresh, known=None):
-        return real(p, q, drafts, valid, torch.zeros_like(u_accept), u_residual, u_fresh, known)
+    def always_accept(p, q, drafts, valid, u_accept, u_residual, u_fresh, known=None, groups=None):
+        return real(p, q, drafts, valid, torch.zeros_like(u_accept), u_residual, u_fresh, known, groups)
 
     monkeypatch.setattr(jacobi, "verify", always_accept)
     samples = jacobi_samples(model, 1, options, 3840)
@@ -168,3 +168,65 @@ def test_bad_settings_are_refused():
         Engine(model, decode="beam")
     with pytest.raises(EngineError, match="runs eager"):
         Engine(model, decode="jacobi", compile="on")
+
+
+# ---------------------------------------------------------------- grouped (lossy) acceptance
+def test_nearest_groups_put_each_token_first_then_its_neighbours():
+    vectors = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [1.1, 0.0]])
+    groups = jacobi.nearest_groups(vectors, 2)
+    assert groups.tolist() == [[0, 1], [1, 3], [2, 0], [3, 1]]
+    assert jacobi.nearest_groups(vectors, 1).tolist() == [[0], [1], [2], [3]]
+    with pytest.raises(ValueError, match="1..4 tokens"):
+        jacobi.nearest_groups(vectors, 5)
+
+
+def test_group_mass_is_the_product_over_subtokens_of_each_groups_probability():
+    probs = torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]])                    # [1, n=2, V=3]
+    groups = torch.tensor([[0, 1], [1, 0], [2, 1]])
+    tokens = torch.tensor([[0, 2]])
+    assert torch.allclose(jacobi.group_mass(probs, tokens, groups), torch.tensor([(0.5 + 0.3) * (0.8 + 0.1)]))
+
+
+def test_grouped_acceptance_accepts_a_draft_whose_group_p_favours():
+    # Slot 0's draft is token 1; p puts its mass on token 0, q on token 1: exact acceptance rejects it
+    # (p(1) = 0), grouped acceptance with {0, 1} one group accepts it (p(G) = q(G) = 1).
+    p = torch.tensor([[[[1.0, 0.0, 0.0]]]])                                          # [I=1, W=1, n=1, V=3]
+    q = torch.tensor([[[[0.0, 1.0, 0.0]]]])
+    drafts = torch.tensor([[[1]]])
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    u = torch.full((1, 1), 0.5), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1)
+    exact = jacobi.verify(p, q, drafts, valid, *u)
+    assert exact.count.item() == 1 and exact.tokens[0, 0, 0].item() == 0          # the residual draw: token 0
+    groups = torch.tensor([[0, 1], [1, 0], [2, 1]])
+    grouped = jacobi.verify(p, q, drafts, valid, *u, groups=groups)
+    assert grouped.count.item() == 1 and grouped.tokens[0, 0, 0].item() == 1      # the draft, accepted
+
+
+def test_groups_of_one_are_exact_acceptance_and_grouped_decoding_keeps_given_tokens():
+    model = peaked_model(vocab=5)
+    options = SamplingOptions(cfg_scale=2.0)
+    cond = torch.tensor([0, 1, 2, 0])
+
+    def run(groups, **extra):
+        engine = Engine(model, rows=8, dtype="float32", decode="jacobi", window=3, groups=groups)
+        request = engine.submit(cond, options, seed=3, **extra)
+        engine.run()
+        return request.tokens, engine._jacobi.passes
+
+    exact, _ = run(None)
+    ones, _ = run(torch.arange(5)[:, None])
+    assert torch.equal(exact, ones)
+    groups = jacobi.nearest_groups(torch.randn(5, 2, generator=torch.Generator().manual_seed(0)), 3)
+    given = torch.randint(0, 5, (4, 4, 1), generator=torch.Generator().manual_seed(1))
+    known = torch.tensor([[True, False, True, False]] * 4)
+    tokens, _ = run(groups, given=given, known=known)
+    assert torch.equal(tokens[known], given[known])
+    assert tokens.min() >= 0 and tokens.max() < 5
+
+
+def test_grouped_acceptance_settings_are_checked():
+    model = peaked_model(vocab=5)
+    with pytest.raises(EngineError, match="part of Jacobi decoding"):
+        Engine(model, decode="plain", groups=torch.zeros(5, 2, dtype=torch.long))
+    with pytest.raises(EngineError, match=r"\[5, size\] table"):
+        Engine(model, decode="jacobi", groups=torch.zeros(4, 2, dtype=torch.long))
