@@ -10,7 +10,9 @@ draws K candidates for the hole (one engine request of B * K images) and keeps, 
 under which the model gives the kept tokens after the hole the highest likelihood: one
 teacher-forced pass per candidate (`kept_log_likelihood`). Under the model this picks the
 candidate p(hole | before) proposes that best explains what follows; K is the cost knob (K decodes
-and K scoring passes per image, the passes much cheaper than the decodes). K = 1 is teacher forcing.
+and K scoring passes per image; a pass is one teacher-forced forward, but in float32 through the
+model rather than the engine, so on CPU K passes measured about as long as the K bf16 decodes in
+bench_edit). K = 1 is teacher forcing.
 
 The plain scores ("kept", "joint") are likelihoods under p(x | c) alone; the kept tokens belong to
 the original image, so with a class-changing request they pull toward the original class. The guided
