@@ -1,16 +1,17 @@
 """Inpainting and larger canvases, measured (issue 20's benchmark).
 
-    python benchmarks/bench_edit.py [--work runs/bench_edit] --stage STAGE [--data shapes-simple|digits]
+    python benchmarks/bench_edit.py [--work runs/bench_edit] --stage STAGE [--data shapes-simple|digits|shapes]
 
 Stages (each reuses what a previous invocation finished, and each fits in ~15 min of a shared
 2-core CPU, so run them one per invocation under /work/bin/cpu-shared):
 - prep:   vq-tiny (32 px -> 8x8 codes), the codes, the built-in classifier (`imagelm train-features`),
           all through the CLI, for --data.
 - ar, mlm: a tiny generator (4 layers, d=128) of that kind on the codes.
-- eval:   held-out images of --data with the centre 4x4 of the 8x8 tokens (16x16 px) masked, each
-          asked for another class than its own (class-changing inpainting), by the masked generator,
-          AR teacher forcing (K = 1) and the AR candidate search (K candidates, best likelihood of the
-          kept tokens after the hole), with the same seeds and sampling options. Judged by (a) the
+- eval:   held-out images of --data with the centre 4x4 of the 8x8 tokens (16x16 px) masked
+          (--hole 2|4|6 for other centre holes), each asked for another class than its own
+          (class-changing inpainting), by the masked generator, AR teacher forcing (K = 1) and the
+          AR candidate search (K = 4 and 8 candidates, the best by each candidate score of
+          sampling/editing.py, all on the same draws), with the same seeds and sampling options. Judged by (a) the
           classifier: inpainted class = requested class; (b) FID on the classifier's features,
           inpainted vs the real held-out images; (c) the seam score: mean |pixel difference| across
           the mask border over the mean |difference| of neighbouring pixels elsewhere in the same
@@ -18,6 +19,7 @@ Stages (each reuses what a previous invocation finished, and each fits in ~15 mi
 - canvas: the sliding-window AR sampler on a 2x-wide canvas: ms per image at strides 1 (the window
           re-fed for every token, no cache reuse) to 8, timed (run under /work/bin/cpu-exclusive);
           and the pictures docs/edit_expand.png and docs/edit_inpaint.png.
+- grid:   docs/edit_inpaint.png alone, from the eval stages' pictures (no timing).
 - report: WORK/report.md (the tables) from the JSON the stages wrote.
 """
 from __future__ import annotations
@@ -36,20 +38,28 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("shapes-simple", "digits")
-IMAGES = 4000                 # shapes-simple images rendered and coded (digits: its 1,438 training images)
+DATASETS = ("shapes-simple", "digits", "shapes")
+IMAGES = 4000                 # shapes(-simple) images rendered and coded (digits: its 1,438 training images)
 TOKENIZER_STEPS = 300
 CLASSIFIER_STEPS = 300
 GENERATOR_STEPS = 1000
 BATCH = 64
 SEED = 0
 # Evaluation: the same for every method.
-EVAL_IMAGES = 128             # held-out images per data set (a shared 2-core CPU: each method a few minutes)
-HOLE = (2, 6)                 # token rows/cols [2, 6) of the 8x8 grid: the centre 16x16 pixels
+EVAL_IMAGES = 256             # held-out images per data set (a shared 2-core CPU: each eval a few minutes)
+HOLE = 4                      # the centre 4x4 of the 8x8 tokens (16x16 pixels); --hole for others
+HOLES = (2, 4, 6)
 CFG = 2.0
 TOP_P = 0.8                   # tiny models memorise; nucleus sampling keeps one unlikely token from derailing
 MLM_STEPS = 8
-CANDIDATES = (4,)            # K=8 and 16 did not fit the session on the shared CPU
+CANDIDATES = (4, 8)           # drawn once (8 a image), every K and score chooses among those draws
+SCORE_NAMES = {               # sampling/editing.SCORES, as the table names them
+    "kept": "kept-token likelihood",
+    "joint": "joint likelihood (hole + kept after it)",
+    "guided-kept": "guided kept-token likelihood",
+    "guided-joint": "guided joint likelihood",
+    "class": "class evidence (model's implicit classifier)",
+}
 TRAIN_MINUTES = 12            # one invocation's share of the shared CPU
 AGAIN = 75                    # exit status of a stage to run again (time ran out)
 CHUNK = 32                    # images per engine request
@@ -127,25 +137,41 @@ def held_out(data: str, n: int):
     return to_uint8(torch.stack([x for x, _, _ in items])), np.array([y for _, y, _ in items])
 
 
-def centre_masks():
-    """The centre hole: pixel mask [32, 32] bool and token mask [64] bool (True = regenerated)."""
-    lo, hi = HOLE
+def centre_masks(hole: int = HOLE):
+    """The centre hole of hole x hole tokens: pixel mask [32, 32] bool and token mask [64] bool (True =
+    regenerated)."""
+    lo = (8 - hole) // 2
     tokens = torch.zeros(8, 8, dtype=torch.bool)
-    tokens[lo:hi, lo:hi] = True
+    tokens[lo:lo + hole, lo:lo + hole] = True
     pixels = tokens.repeat_interleave(4, 0).repeat_interleave(4, 1)
     return pixels, tokens.flatten()
 
 
-METHODS = [   # name, generator, candidates, score
-    ("masked generator (MaskGIT, 8 steps)", "mlm", 1, "kept"),
-    ("AR teacher forcing (K=1)", "ar", 1, "kept"),
-    *[(f"AR candidates K={k}, kept-token likelihood", "ar", k, "kept") for k in CANDIDATES],
-]
+def eval_file(data_dir: Path, hole: int, stem: str = "eval", suffix: str = "json") -> Path:
+    """WORK/DATA/eval.json for the default hole, eval-hole6.json etc. for the others (stem
+    "eval_images", suffix "npz": the pictures)."""
+    return data_dir / (f"{stem}.{suffix}" if hole == HOLE else f"{stem}-hole{hole}.{suffix}")
 
 
-def evaluate(work: Path, data: str) -> None:
-    """Class-changing inpainting of the held-out centre by every method: WORK/DATA/eval.json and a
-    few of the pictures (eval_images.npz)."""
+def method_name(K: int, score: str) -> str:
+    if K == 1:
+        return "AR teacher forcing (K=1)"
+    return f"AR candidates K={K}, {SCORE_NAMES[score]}"
+
+
+def shown_key(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def evaluate(work: Path, data: str, hole: int = HOLE) -> None:
+    """Class-changing inpainting of the held-out centre by every method: WORK/DATA/eval.json (see
+    eval_file) and a few of the pictures (eval_images.npz).
+
+    The AR methods share their draws: each image's max(CANDIDATES) candidates come from one engine
+    request (what `inpaint` submits for K candidates); teacher forcing is candidate 1, and "K
+    candidates, score S" is the best of candidates 1..K by S (`choose_candidates`, what `inpaint`
+    runs after its draw). So the methods are compared on the same draws (paired), and every K and
+    score costs one draw."""
     import imagelm
     from imagelm.data.transforms import to_tensor, to_uint8
     from imagelm.edits import decode_canvas, encode_canvas, feather_alpha, paste_back
@@ -154,7 +180,7 @@ def evaluate(work: Path, data: str) -> None:
     from imagelm.eval.fid import fid
     from imagelm.eval.seams import seam_score
     from imagelm.sampling.autoregressive import SamplingOptions
-    from imagelm.sampling.editing import inpaint
+    from imagelm.sampling.editing import choose_candidates, inpaint
     from imagelm.sampling.engine import Engine
     from imagelm.tokenizers import load_tokenizer
     d = work / data
@@ -170,45 +196,79 @@ def evaluate(work: Path, data: str) -> None:
     ref_feats = net(reference)[0]
     C = len(net.class_names)
     requested = (labels + np.random.default_rng(SEED).integers(1, C, len(labels))) % C   # never the own class
-    pixel_mask, hole = centre_masks()
+    pixel_mask, holed = centre_masks(hole)
     alpha = feather_alpha(pixel_mask, 2.0)
     originals = to_tensor(real)                                                        # [N, 3, 32, 32]
     given = encode_canvas(tok, originals, 1)                                           # [N, 64, 1]
-    known = (~hole)[None].expand(len(real), -1).contiguous()
+    known = (~holed)[None].expand(len(real), -1).contiguous()
     options = SamplingOptions(cfg_scale=CFG, top_p=TOP_P)
     rows = [{"method": "real held-out images (unedited; accuracy = their own class)", "images": len(real),
              "accuracy": float((predict(net.net, real) == labels).mean()), "fid": None,
              "seam": seam_score(real, pixel_mask.numpy()), "seconds": None}]
     shown = {"real": real[:8], "requested": requested[:8]}
-    for name, kind, K, score in METHODS:
-        if kind not in models:
-            continue
-        model = models[kind]
-        engine = Engine(model, rows=CHUNK * K * 2, dtype="auto") if kind == "ar" else None
+
+    def pictures(tokens):                                            # [N, 64, 1] -> uint8 [N, 32, 32, 3]
+        return to_uint8(paste_back(decode_canvas(tok, tokens, 8, 8), originals[:len(tokens)], alpha))
+
+    def judged(name, tokens, seconds, **extra):
+        assert torch.equal(tokens[known], given[known]), "a kept token changed"
+        images = pictures(tokens)
+        correct = predict(net.net, images) == requested
+        rows.append({"method": name, "images": len(real), **extra, "correct": correct.astype(int).tolist(),
+                     "accuracy": float(correct.mean()),
+                     "fid": fid(net(images)[0], ref_feats), "seam": seam_score(images, pixel_mask.numpy()),
+                     "seconds": None if seconds is None else round(seconds, 2)})
+        shown[shown_key(name)] = images[:8]
+        print(f"{data}: {name}: accuracy {rows[-1]['accuracy']:.3f} FID {rows[-1]['fid']:.2f} "
+              f"seam {rows[-1]['seam']:.3f}", flush=True)
+
+    if "mlm" in models:
         start, out = time.time(), []
         for c in range(0, len(real), CHUNK):
             part = slice(c, c + CHUNK)
-            cond = torch.from_numpy(requested[part])
-            out.append(inpaint(model, cond, given[part], known[part], options, seed=SEED + c, candidates=K,
-                               score=score, steps=MLM_STEPS, engine=engine))
-        seconds = time.time() - start
-        tokens = torch.cat(out)
-        images = to_uint8(paste_back(decode_canvas(tok, tokens, 8, 8), originals, alpha))   # [N, 32, 32, 3]
-        assert torch.equal(tokens[known], given[known]), "a kept token changed"
-        rows.append({"method": name, "images": len(real), "candidates": K, "score": score,
-                     "accuracy": float((predict(net.net, images) == requested).mean()),
-                     "fid": fid(net(images)[0], ref_feats), "seam": seam_score(images, pixel_mask.numpy()),
-                     "seconds": round(seconds, 2), "engine": engine.dtype if engine else "float32"})
-        shown[name] = images[:8]
-        print(f"{data}: {name}: accuracy {rows[-1]['accuracy']:.3f} FID {rows[-1]['fid']:.2f} "
-              f"seam {rows[-1]['seam']:.3f} ({seconds:.1f} s)", flush=True)
+            out.append(inpaint(models["mlm"], torch.from_numpy(requested[part]), given[part], known[part], options,
+                               seed=SEED + c, steps=MLM_STEPS))
+        judged(f"masked generator (MaskGIT, {MLM_STEPS} steps)", torch.cat(out), time.time() - start,
+               engine="float32")
+    draw_seconds = None
+    if "ar" in models:
+        model, K = models["ar"], max(CANDIDATES)
+        engine = Engine(model, rows=CHUNK * K * 2, dtype="auto")
+        start, drawn = time.time(), []
+        for c in range(0, len(real), CHUNK):
+            part = slice(c, c + CHUNK)
+            cond = torch.from_numpy(requested[part]).repeat_interleave(K)
+            tokens = inpaint(model, cond, given[part].repeat_interleave(K, 0), known[part].repeat_interleave(K, 0),
+                             options, seed=SEED + c, engine=engine)                  # [b * K, 64, 1]
+            drawn.append(tokens.view(-1, K, *tokens.shape[1:]))
+        draw_seconds = time.time() - start
+        drawn = torch.cat(drawn)                                                     # [N, K, 64, 1]
+        cond = torch.from_numpy(requested)
+        # The ceiling of any choice among the draws: images with at least one of their first k
+        # candidates judged the requested class. It asks the judge, so it is a bound, not a method.
+        hits = np.stack([predict(net.net, pictures(drawn[:, j].contiguous())) == requested
+                         for j in range(K)], 1)                                          # [N, K]
+        ceiling = {k: float(hits[:, :k].any(1).mean()) for k in CANDIDATES}
+        judged(method_name(1, "kept"), drawn[:, 0].contiguous(), None, candidates=1, engine=engine.dtype)
+        for k in CANDIDATES:
+            for score in SCORE_NAMES:
+                start = time.time()
+                tokens = choose_candidates(model, cond, drawn[:, :k], known, score, options)[0]
+                judged(method_name(k, score), tokens, time.time() - start, candidates=k, score=score,
+                       engine=engine.dtype)
+    lo = (8 - hole) // 2
     result = {"data": data, "cpu": cpu_kind(), "held_out_images": len(real), "reference_images": len(reference),
-              "hole_tokens": f"rows/cols {HOLE[0]}..{HOLE[1] - 1} of 8x8 (pixels {4 * HOLE[0]}..{4 * HOLE[1] - 1})",
+              "hole": hole, "hole_tokens": f"{hole}x{hole} tokens (rows/cols {lo}..{lo + hole - 1} of 8x8, "
+              f"{4 * hole}x{4 * hole} of 32x32 px)",
+              "kept_fraction": float(known[0].float().mean()),
               "options": {"cfg_scale": CFG, "top_p": TOP_P, "mlm_steps": MLM_STEPS, "feather_px": 2},
+              "ar_draw_seconds": None if draw_seconds is None else round(draw_seconds, 2),
+              "ar_draw_candidates": max(CANDIDATES),
+              "ceiling_accuracy": ceiling if "ar" in models else None,
               "classifier_heldout_accuracy": net.net.meta.get("heldout_accuracy"),
               "class_names": list(net.class_names), "left_out": missing, "rows": rows}
-    (d / "eval.json").write_text(json.dumps(result, indent=2))
-    np.savez(d / "eval_images.npz", **{k.replace(" ", "_"): v for k, v in shown.items()})
+    eval_file(d, hole).write_text(json.dumps(result, indent=2))
+    np.savez(eval_file(d, hole, "eval_images", "npz"), **shown)
 
 
 # ------------------------------------------------------------------------------ canvases
@@ -283,21 +343,25 @@ def canvas(work: Path) -> None:
     inpaint_grid(work, docs / "edit_inpaint.png")
 
 
+SHOWN = ("masked generator (MaskGIT, 8 steps)", method_name(1, "kept"), method_name(8, "kept"),
+         method_name(8, "class"))
+
+
 def inpaint_grid(work: Path, out: Path) -> None:
-    """docs/edit_inpaint.png: per data set, rows of 8 held-out images: the original, the input with
-    its hole greyed, then the masked generator, AR teacher forcing and AR candidates K=4."""
+    """docs/edit_inpaint.png: per data set and hole (4x4, then 6x6), rows of 8 held-out images: the
+    original, the input with its hole greyed, then the methods of SHOWN in that order."""
     from imagelm.data.transforms import save_grid, to_tensor
-    pixel_mask, _ = centre_masks()
     rows = []
-    for data in DATASETS:
-        if not (work / data / "eval_images.npz").is_file():
-            continue                                     # that data set's eval stage has not run
-        shown = np.load(work / data / "eval_images.npz")
+    for data, hole in [(data, hole) for data in DATASETS for hole in (HOLE, 6)]:
+        file = eval_file(work / data, hole, "eval_images", "npz")
+        if not file.is_file():
+            continue                                     # that eval stage has not run
+        pixel_mask, _ = centre_masks(hole)
+        shown = np.load(file)
         holed = shown["real"].copy()
         holed[:, pixel_mask.numpy()] = 128
         rows += [shown["real"], holed]
-        rows += [shown[key] for key in ("masked_generator_(MaskGIT,_8_steps)", "AR_teacher_forcing_(K=1)",
-                                        "AR_candidates_K=4,_kept-token_likelihood") if key in shown.files]
+        rows += [shown[shown_key(name)] for name in SHOWN if shown_key(name) in shown.files]
     save_grid(to_tensor(np.concatenate(rows)), out, nrow=8)
 
 
@@ -306,25 +370,50 @@ def _num(x, fmt):
     return "n/a" if x is None else format(x, fmt)
 
 
+def sign_test(won: int, lost: int) -> float:
+    """Two-sided sign test of paired outcomes: the chance of a split at least this uneven if either
+    method were as likely to win an image (ties left out); 1.0 when nothing differs."""
+    from scipy.stats import binomtest
+    return 1.0 if won + lost == 0 else binomtest(won, won + lost).pvalue
+
+
 def report(work: Path) -> str:
     """WORK/report.md: the inpainting table per data set and the canvas table, from the stages' JSON."""
     lines = []
-    for data in DATASETS:
-        file = work / data / "eval.json"
+    for data, hole in [(data, hole) for data in DATASETS for hole in HOLES]:
+        file = eval_file(work / data, hole)
         if not file.is_file():
             continue
         r = json.loads(file.read_text())
         o = r["options"]
+        draws = ("" if r.get("ar_draw_seconds") is None else
+                 f"; AR draws ({r['ar_draw_candidates']} candidates an image, shared by the AR rows) "
+                 f"{r['ar_draw_seconds']:.1f} s, the AR rows' seconds are their scoring passes")
         lines += [f"### Class-changing inpainting, `{data}` ({r['held_out_images']} held-out images, centre "
-                  f"{r['hole_tokens']})", "",
+                  f"{r['hole_tokens']}, {r.get('kept_fraction', 0.75):.0%} kept)", "",
                   f"CPU: {r['cpu']}; CFG {o['cfg_scale']}, top-p {o['top_p']}, masked steps {o['mlm_steps']}, "
                   f"seam feathered {o['feather_px']} px; classifier held-out accuracy "
                   f"{r['classifier_heldout_accuracy']:.1%}; FID on its features vs {r['reference_images']} real "
-                  f"held-out images", "",
+                  f"held-out images{draws}", "",
                   "| method | (a) requested class | (b) FID | (c) seam | seconds |", "|---|---|---|---|---|"]
+        forced = next((row for row in r["rows"] if row.get("candidates") == 1 and "correct" in row
+                       and row["method"].startswith("AR")), None)
         for row in r["rows"]:
-            lines.append(f"| {row['method']} | {row['accuracy']:.1%} | {_num(row['fid'], '.2f')} | "
+            paired = ""
+            if forced is not None and row.get("candidates", 1) > 1 and "correct" in row:
+                won = sum(a and not b for a, b in zip(row["correct"], forced["correct"]))
+                lost = sum(b and not a for a, b in zip(row["correct"], forced["correct"]))
+                paired = f" (+{won} / -{lost} vs TF, p {sign_test(won, lost):.2f})"
+            lines.append(f"| {row['method']} | {row['accuracy']:.1%}{paired} | {_num(row['fid'], '.2f')} | "
                          f"{row['seam']:.3f} | {_num(row['seconds'], '.1f')} |")
+        if r.get("ceiling_accuracy"):
+            lines.append("\n(+W / -L vs TF: images this row gets right and teacher forcing wrong, and the "
+                         "reverse, on the same draws; p: two-sided sign test.)")
+            lines.append("\nCeiling of (a) for any choice among the AR draws (an image counts when one of its "
+                         "first K candidates is judged the requested class; it asks the judge, so it is a "
+                         "bound, not a method): " + ", ".join(f"K={k}: {v:.1%}" for k, v in
+                                                              r["ceiling_accuracy"].items()) + ".")
+            lines.append("")
         if r.get("left_out"):
             lines.append(f"\n(not run: the {', '.join(r['left_out'])} generator had not finished training)")
         lines.append("")
@@ -349,8 +438,10 @@ def report(work: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_edit"))
-    p.add_argument("--stage", required=True, choices=["prep", "ar", "mlm", "eval", "canvas", "report"])
+    p.add_argument("--stage", required=True, choices=["prep", "ar", "mlm", "eval", "canvas", "grid", "report"])
     p.add_argument("--data", default="shapes-simple", choices=DATASETS)
+    p.add_argument("--hole", type=int, default=HOLE, choices=HOLES,
+                   help="eval: the centre hole's side in tokens of the 8x8 grid (default 4: 75%% kept)")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     work = Path(a.work)
@@ -361,9 +452,11 @@ def main(argv=None) -> int:
     elif a.stage in ("ar", "mlm") and not train(work, a.data, a.stage):
         return AGAIN
     elif a.stage == "eval":
-        evaluate(work, a.data)
+        evaluate(work, a.data, a.hole)
     elif a.stage == "canvas":
         canvas(work)
+    elif a.stage == "grid":
+        inpaint_grid(work, ROOT / "docs" / "edit_inpaint.png")
     elif a.stage == "report":
         print(report(work))
     print(f"stage {a.stage} ({a.data}) done in {time.time() - t:.0f} s on {cpu_kind()}")

@@ -279,7 +279,9 @@ def edit(generator, image, mask, cond=None, n: int = 1, *, tokenizer=None, sampl
 
     image: a path, bytes, PIL image or uint8 array of the trained size or larger (sides whole tokens);
     mask: the same size (see read_mask). candidates: AR candidate search on the trained grid, the cost
-    knob (see sampling/editing.py; 1 = teacher forcing); dilate: grow the regenerated tokens by this
+    knob (see sampling/editing.py; 1 = teacher forcing); score: how candidates are ranked, one of
+    sampling/editing.SCORES ("kept", "joint", "guided-kept", "guided-joint", "class"; the guided
+    ones under this call's guidance); dilate: grow the regenerated tokens by this
     many; feather: seam width in pixels (default half a token); sampler / **sampling: how tokens are
     drawn (see the module doc). All-black masks return the input's tokens; with an all-white mask and
     candidates=1 the tokens are imagelm.sample's for the same seed.

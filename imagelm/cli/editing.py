@@ -115,8 +115,10 @@ def register(sub) -> None:
     e.add_argument("--candidates", type=int, default=1,
                    help="AR generators: draw K candidates for the hole, keep the one that best explains the kept "
                         "tokens after it (cost: K decodes + K scoring passes; 1 = teacher forcing)")
-    e.add_argument("--score", default="kept", choices=["kept", "joint"],
-                   help="candidate score: likelihood of the kept tokens after the hole, or of everything after it")
+    e.add_argument("--score", default="kept", choices=["kept", "joint", "guided-kept", "guided-joint", "class"],
+                   help="candidate score: likelihood of the kept tokens after the hole (kept), or of everything "
+                        "from the hole on (joint); the guided- ones score under the guidance the draw used "
+                        "(s log p(x|c) - (s-1) log p(x|null), a second scoring pass)")
     e.add_argument("--dilate", type=int, default=0, help="also regenerate this many tokens around the mask")
     e.set_defaults(func=edit)
 

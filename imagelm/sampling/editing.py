@@ -10,10 +10,25 @@ draws K candidates for the hole (one engine request of B * K images) and keeps, 
 under which the model gives the kept tokens after the hole the highest likelihood: one
 teacher-forced pass per candidate (`kept_log_likelihood`). Under the model this picks the
 candidate p(hole | before) proposes that best explains what follows; K is the cost knob (K decodes
-and K scoring passes per image, the passes much cheaper than the decodes). K = 1 is teacher forcing.
+and K scoring passes per image; a pass is one teacher-forced forward, but in float32 through the
+model rather than the engine, so on CPU K passes measured about as long as the K bf16 decodes in
+bench_edit). K = 1 is teacher forcing.
+
+The plain scores ("kept", "joint") are likelihoods under p(x | c) alone; the kept tokens belong to
+the original image, so with a class-changing request they pull toward the original class. The guided
+scores ("guided-kept", "guided-joint") score under the distribution classifier-free guidance samples
+from instead: per scored token s log p(x | c) - (s - 1) log p(x | null), s the request's guidance
+scale at that position. Summed over a sequence this is log p(x | c) + (s - 1) log p(x | c) / p(x | null)
+= log p(x | c) + (s - 1) [log p(c | x) - log p(c)] by Bayes: the likelihood times the model's own
+implicit classifier's belief in c raised to s - 1, the density (up to a constant) that guidance
+targets. It costs a second (unconditional) scoring pass per candidate; at s = 1 it is the plain score.
+"class" keeps only the second term (the limit of a large scale): the candidate the model's own
+implicit classifier most surely reads as the requested class, among draws that are already the
+sampler's plausible fills; it needs a model trained with condition dropout, as guidance does.
 
     known = token_grid(pixel_mask, factor=4).flatten(1).logical_not()     # True = kept
-    tokens = inpaint(model, cond, given, known, SamplingOptions(cfg_scale=2.0), seed=0, candidates=8)
+    tokens = inpaint(model, cond, given, known, SamplingOptions(cfg_scale=2.0), seed=0, candidates=8,
+                     score="guided-joint")
 """
 from __future__ import annotations
 
@@ -25,7 +40,7 @@ from imagelm.sampling.autoregressive import SamplingOptions, check_given, evalua
 from imagelm.sampling.engine import Engine
 from imagelm.sampling.masked import generate_masked
 
-SCORES = ("kept", "joint")
+SCORES = ("kept", "joint", "guided-kept", "guided-joint", "class")
 
 
 def token_grid(pixel_mask: torch.Tensor, factor: int, dilate: int = 0) -> torch.Tensor:
@@ -52,18 +67,50 @@ def first_unknown(known: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_likelihood(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Sum of the AR model's log p(token_i | condition, tokens < i) over the positions `where`:
-    cond (class ids [B] or a TextCondition), tokens [B, L, n], where [B, L] bool -> [B] float32.
-    One teacher-forced forward per row (`model(tokens, cond)`), `batch_size` rows at a time."""
-    out = []
+def token_log_probs(model, cond, tokens: torch.Tensor, batch_size: int = 256, null: bool = False):
+    """The AR model's log p(token_i | condition, tokens < i) at every position: cond (class ids [B] or
+    a TextCondition), tokens [B, L, n] -> [B, L] float32 (sub-tokens summed), and with null=True also
+    the same under the null condition (`model.null_cond`) -> a pair. One teacher-forced forward per
+    row and condition (`model(tokens, cond)`), `batch_size` rows at a time."""
+    def one(toks, c):                                                                   # -> [b, L]
+        logp = model(toks, c).log_softmax(-1)                                           # [b, L, n, V]
+        return logp.gather(-1, toks.unsqueeze(-1))[..., 0].sum(-1)
+
+    conditional, unconditional = [], []
     with evaluating(model):
         for s in range(0, len(tokens), batch_size):
             part = slice(s, s + batch_size)
-            logp = model(tokens[part], cond[part]).log_softmax(-1)                      # [b, L, n, V]
-            per_token = logp.gather(-1, tokens[part].unsqueeze(-1))[..., 0].sum(-1)     # [b, L]
-            out.append((per_token * where[part]).sum(1))
-    return torch.cat(out)
+            conditional.append(one(tokens[part], cond[part]))
+            if null:
+                unconditional.append(one(tokens[part], model.null_cond(cond[part])))
+    if null:
+        return torch.cat(conditional), torch.cat(unconditional)
+    return torch.cat(conditional)
+
+
+def log_likelihood(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256,
+                   scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of the AR model's log p(token_i | condition, tokens < i) over the positions `where`:
+    cond (class ids [B] or a TextCondition), tokens [B, L, n], where [B, L] bool -> [B] float32.
+
+    scales [L] float (guidance scale per position; None = no guidance): token i counts as
+    s_i log p(x_i | c, x<i) - (s_i - 1) log p(x_i | null, x<i), a second forward under the null
+    condition; positions at scale 1 count their conditional log-probability."""
+    if scales is None or not bool((scales != 1).any()):
+        return (token_log_probs(model, cond, tokens, batch_size) * where).sum(1)
+    conditional, null = token_log_probs(model, cond, tokens, batch_size, null=True)     # [B, L] each
+    scales = scales.to(conditional)
+    return ((scales * conditional - (scales - 1) * null) * where).sum(1)
+
+
+def class_evidence(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Sum over `where` of log p(x_i | c, x<i) - log p(x_i | null, x<i): cond, tokens [B, L, n], where
+    [B, L] bool -> [B] float32. Over every position from a point on, this is log p(c | x) - log p(c |
+    the tokens before that point) under the model's own implicit (Bayes) classifier, so among
+    candidates that share those earlier tokens it ranks by how surely the model reads the whole image
+    as class c."""
+    conditional, null = token_log_probs(model, cond, tokens, batch_size, null=True)     # [B, L] each
+    return ((conditional - null) * where).sum(1)
 
 
 def scored_positions(known: torch.Tensor, score: str = "kept") -> torch.Tensor:
@@ -71,24 +118,42 @@ def scored_positions(known: torch.Tensor, score: str = "kept") -> torch.Tensor:
 
     "kept": the kept tokens after each row's first unknown position (those before it are the same for
     every candidate, so they would add a constant). "joint": every position from the first unknown
-    one on, the hole's own tokens too: the whole image's log-likelihood up to that constant.
+    one on, the hole's own tokens too: the whole image's log-likelihood up to that constant. The
+    guided scores ("guided-kept", "guided-joint") score the same positions as their plain names,
+    "class" the joint ones.
     """
+    check_score(score)
+    after = torch.arange(known.shape[1], device=known.device) >= first_unknown(known)[:, None]   # [B, L]
+    return after & known if score.endswith("kept") else after
+
+
+def check_score(score: str) -> None:
+    """A one-line ValueError unless `score` is one of SCORES."""
     if score not in SCORES:
         raise ValueError(f"unknown candidate score {score!r}; choose one of {', '.join(SCORES)}")
-    after = torch.arange(known.shape[1], device=known.device) >= first_unknown(known)[:, None]   # [B, L]
-    return after & known if score == "kept" else after
 
 
 def choose_candidates(model, cond, candidates: torch.Tensor, known: torch.Tensor, score: str = "kept",
-                      batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                      options: SamplingOptions | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """The best of K candidates per image: cond [B] (or a TextCondition of batch B), candidates
     [B, K, L, n], known [B, L] bool -> (tokens [B, L, n], scores [B, K] float32). The score is the
-    log-likelihood of `scored_positions(known, score)`; ties go to the lowest candidate index."""
+    log-likelihood of `scored_positions(known, score)`, for the guided scores under `options`'
+    guidance scales (its schedule and interval; None or cfg_scale 1: no guidance, the plain score);
+    "class" is `class_evidence` over the joint positions (the model's own belief that the image is
+    class c). Ties go to the lowest candidate index."""
     B, K, L, n = candidates.shape
+    check_score(score)
     check_given(candidates[:, 0], known, len(cond), model.config.seq_len, model.config.num_subtokens)
     flat = candidates.reshape(B * K, L, n)
     where = scored_positions(known, score).repeat_interleave(K, 0)                           # [B*K, L]
-    scores = log_likelihood(model, cond.repeat_interleave(K), flat, where, batch_size).view(B, K)
+    scales = None
+    if score.startswith("guided") and options is not None and options.guided:
+        scales = torch.tensor(options.cfg_scales(L), device=flat.device)                     # [L]
+    cond_k = cond.repeat_interleave(K)
+    if score == "class":
+        scores = class_evidence(model, cond_k, flat, where, batch_size).view(B, K)
+    else:
+        scores = log_likelihood(model, cond_k, flat, where, batch_size, scales).view(B, K)
     best = scores.argmax(1)                                                                  # [B]
     return candidates[torch.arange(B, device=best.device), best], scores
 
@@ -103,16 +168,16 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
     Masked generators: their sampler in `steps` steps from the kept tokens (candidates must be 1).
     AR generators: `candidates` draws per image in one request through the engine (`sampler="engine"`
     in `dtype`, or the caller's `engine`) or the plain sampler (`sampler="plain"`), then the best by
-    `score` (see choose_candidates). With candidates=1 this is teacher forcing, and with nothing
-    known it is exactly `imagelm.sample`'s draw for the same seed.
+    `score` (see choose_candidates; the guided scores use `options`' guidance). With candidates=1
+    this is teacher forcing, and with nothing known it is exactly `imagelm.sample`'s draw for the
+    same seed.
     """
     config = model.config
     B = len(cond)
     check_given(given, known, B, config.seq_len, config.num_subtokens)
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
-    if score not in SCORES:
-        raise ValueError(f"unknown candidate score {score!r}; choose one of {', '.join(SCORES)}")
+    check_score(score)
     if bool(known.all()):
         return given.clone()
     device = given.device
@@ -138,4 +203,4 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
         raise ValueError(f"unknown sampler {sampler!r}; choose engine or plain")
     if K == 1:
         return drawn
-    return choose_candidates(model, cond, drawn.view(B, K, *drawn.shape[1:]), known, score)[0]
+    return choose_candidates(model, cond, drawn.view(B, K, *drawn.shape[1:]), known, score, options)[0]

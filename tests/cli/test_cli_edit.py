@@ -33,7 +33,7 @@ def _sizes(folder):
 def test_edit_writes_the_edited_images(tiny_generator, files, capsys):
     code = main(["edit", "--ckpt", str(tiny_generator), "--image", str(files / "in.png"), "--mask",
                  str(files / "mask.png"), "--classes", "0", "square", "--n", "2", "--candidates", "3",
-                 "--out", str(files / "out.png"), "--each", str(files / "each")])
+                 "--score", "guided-joint", "--cfg", "2", "--out", str(files / "out.png"), "--each", str(files / "each")])
     assert code == 0
     assert "4 edited images" in capsys.readouterr().out
     assert len(list((files / "each").glob("*.png"))) == 4 and _sizes(files / "each") == {(16, 16)}
@@ -52,6 +52,17 @@ def test_edit_bad_masks_are_one_line_errors(tiny_generator, files, capsys, mask,
                  "--out", str(files / "out.png")])
     assert code == 2
     assert message in _error_line(capsys)
+
+
+def test_edit_offers_every_candidate_score():
+    import argparse
+
+    from imagelm.cli import editing
+    from imagelm.sampling.editing import SCORES
+    sub = argparse.ArgumentParser().add_subparsers()
+    editing.register(sub)
+    score = next(a for a in sub.choices["edit"]._actions if a.dest == "score")
+    assert tuple(score.choices) == SCORES
 
 
 def test_edit_bad_image_and_arguments(tiny_generator, files, capsys):

@@ -1,6 +1,7 @@
 """Inpainting over given tokens (sampling/editing.py): the token grid of a pixel mask, kept tokens
 never changed (AR and masked, class and text), nothing known = plain sampling, the candidate search
-picks the best-scoring candidate."""
+picks the best-scoring candidate, the guided scores are the CFG-tilted log-likelihood, "class" the
+model's implicit-classifier evidence."""
 import pytest
 import torch
 import torch.nn as nn
@@ -9,7 +10,7 @@ from imagelm.api import sample
 from imagelm.models import build_generator, gpt_config
 from imagelm.models.conditioning import TextCondition
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from imagelm.sampling.editing import (choose_candidates, first_unknown, inpaint, log_likelihood,
+from imagelm.sampling.editing import (choose_candidates, class_evidence, first_unknown, inpaint, log_likelihood,
                                       scored_positions, token_grid)
 from imagelm.sampling.masked import generate_masked
 
@@ -110,6 +111,50 @@ def test_candidate_search_keeps_the_best_scoring_candidate():
     assert scores.max(1).values.ge(scores[:, 0]).all()                 # at least as likely as teacher forcing
 
 
+@pytest.mark.parametrize("cond_kind", ["class", "text"])
+def test_guided_score_is_the_cfg_tilted_log_likelihood(cond_kind):
+    model = random_model(**(TEXT if cond_kind == "text" else {}))
+    B = 2
+    cond = text_cond(B) if cond_kind == "text" else torch.tensor([1, 2])
+    tokens, known = given_known(B)
+    where = scored_positions(known, "guided-joint")
+    assert torch.equal(where, scored_positions(known, "joint"))
+    assert torch.equal(scored_positions(known, "guided-kept"), scored_positions(known, "kept"))
+
+    def per_token(c):
+        return model(tokens, c).log_softmax(-1).gather(-1, tokens.unsqueeze(-1))[..., 0, 0]       # [B, L]
+    conditional, null = per_token(cond), per_token(model.null_cond(cond))
+    scales = torch.linspace(1.0, 3.0, 16)                                     # a schedule: 1 at the first token
+    expected = ((scales * conditional - (scales - 1) * null) * where).sum(1)
+    assert torch.allclose(log_likelihood(model, cond, tokens, where, 1, scales), expected, atol=1e-4)
+    plain = log_likelihood(model, cond, tokens, where)
+    assert torch.allclose(log_likelihood(model, cond, tokens, where, scales=torch.ones(16)), plain)
+    assert not torch.allclose(expected, plain)                                 # the null pass does count
+    evidence = ((conditional - null) * where).sum(1)                           # log p(c|x) - log p(c|x<hole)
+    assert torch.allclose(class_evidence(model, cond, tokens, where, batch_size=1), evidence, atol=1e-4)
+
+
+def test_guided_candidate_search_scores_under_the_request_guidance():
+    model = random_model()
+    cond = torch.tensor([1, 5])
+    given, known = given_known(2)
+    K = 4
+    drawn = inpaint(model, cond.repeat_interleave(K), given.repeat_interleave(K, 0),
+                    known.repeat_interleave(K, 0), GUIDED, seed=3, dtype="float32").view(2, K, 16, 1)
+    best, scores = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED)
+    flat, where = drawn.reshape(2 * K, 16, 1), scored_positions(known, "joint").repeat_interleave(K, 0)
+    expected = log_likelihood(model, cond.repeat_interleave(K), flat, where, scales=torch.full((16,), 2.0))
+    assert torch.allclose(scores, expected.view(2, K), atol=1e-5)
+    assert torch.equal(best, drawn[torch.arange(2), scores.argmax(1)])
+    out = inpaint(model, cond, given, known, GUIDED, seed=3, candidates=K, score="guided-joint", dtype="float32")
+    assert torch.equal(out, best) and torch.equal(out[known], given[known])
+    _, evidence = choose_candidates(model, cond, drawn, known, "class", GUIDED)
+    assert torch.allclose(evidence, class_evidence(model, cond.repeat_interleave(K), flat, where).view(2, K))
+    # Unguided options (or none): the guided score is the plain one.
+    _, unguided = choose_candidates(model, cond, drawn, known, "guided-kept", SamplingOptions(cfg_scale=1.0))
+    assert torch.equal(unguided, choose_candidates(model, cond, drawn, known, "kept")[1])
+
+
 def test_bad_arguments_are_one_line_errors():
     model = random_model()
     cond = torch.tensor([1])
@@ -118,6 +163,8 @@ def test_bad_arguments_are_one_line_errors():
         inpaint(model, cond, given, known, candidates=0)
     with pytest.raises(ValueError, match="unknown candidate score"):
         inpaint(model, cond, given, known, score="best")
+    with pytest.raises(ValueError, match="unknown candidate score"):
+        choose_candidates(model, cond, given[:, None], known, score="guided")
     with pytest.raises(ValueError, match="given tokens must be"):
         inpaint(model, cond, given[:, :8], known[:, :8])
     with pytest.raises(ValueError, match="candidate search is for AR"):
