@@ -216,16 +216,33 @@ class DraftStore:
         return self.tokens[best, g:g + window]
 
 
-def draft_from_store(state, store: DraftStore, tokens: torch.Tensor, labels: list, window: int, length: int) -> None:
+STORE_PAUSE = 4              # passes an image drafts without the store after a stored draft missed
+
+
+def draft_from_store(state, store: DraftStore, tokens: torch.Tensor, labels: list, window: int, length: int,
+                     accepted: list[int] | None = None) -> None:
     """Replace the windows of a request's images (state: its JacobiState; tokens [n, L, n_sub] drawn
-    so far; labels: each image's class id or None) by stored continuations where one matches."""
+    so far; labels: each image's class id or None) by stored continuations where one matches.
+    accepted: each image's tokens taken in the pass just run (None: its first window). An image
+    whose stored draft was rejected at once (1 token taken) drafts the Jacobi way for the next
+    STORE_PAUSE passes: where the model does not follow the stored images, their one-hot drafts
+    are worse guesses than Jacobi's, which are drawn from the model's own distribution."""
     V = state.proposals.shape[-1]
+    if state.stored is None:
+        state.stored, state.store_pause = [False] * len(state.progress), [0] * len(state.progress)
     for i, g in enumerate(state.progress):
+        if accepted is not None and state.stored[i] and accepted[i] <= 1:
+            state.store_pause[i] = STORE_PAUSE
+        state.stored[i] = False
         if g >= length:
+            continue
+        if state.store_pause[i] > 0:
+            state.store_pause[i] -= 1
             continue
         following = store.continuation(tokens[i, :g], window, labels[i])
         if following is None:
             continue
+        state.stored[i] = True
         k = len(following)
         state.drafts[i, :k] = following
         state.proposals[i, :k] = torch.nn.functional.one_hot(following, V).to(state.proposals.dtype)
@@ -235,10 +252,13 @@ def draft_from_store(state, store: DraftStore, tokens: torch.Tensor, labels: lis
 @dataclass
 class JacobiState:
     """A request's windows: drafts [n, W, n_sub], proposals [n, W, n_sub, V], and each image's
-    number of tokens so far (host ints)."""
+    number of tokens so far (host ints); with a DraftStore, per image: whether its window is a
+    stored continuation, and how many passes it drafts without the store (after a miss)."""
     drafts: torch.Tensor
     proposals: torch.Tensor
     progress: list[int]
+    stored: list[bool] | None = None
+    store_pause: list[int] | None = None
 
 
 def at_indices(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -352,16 +372,16 @@ class JacobiDecoding:
             state.drafts = next_drafts[start:start + r.n]
             state.proposals = verdict.proposals[start:start + r.n]
             r.generated = min(state.progress)
-            self._draft_from_store(r)
+            self._draft_from_store(r, totals[start:start + r.n])
             start += r.n
 
-    def _draft_from_store(self, r) -> None:
+    def _draft_from_store(self, r, accepted: list[int] | None = None) -> None:
         """Stored continuations as the next drafts of r's images (not for edits: their known tokens
         are drafted already)."""
         if self.store is None or r.known is not None:
             return
         labels = r.cond.tolist() if isinstance(r.cond, torch.Tensor) else [None] * r.n
-        draft_from_store(r.jacobi, self.store, r.tokens, labels, self.window, self.engine.length)
+        draft_from_store(r.jacobi, self.store, r.tokens, labels, self.window, self.engine.length, accepted)
 
 
 def first_window(x0: torch.Tensor, options: SamplingOptions, window: int, generator, device) -> tuple:
