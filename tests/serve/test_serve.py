@@ -401,3 +401,22 @@ def test_text_model_takes_prompts_and_matches_imagelm_sample(tiny_tokenizer):
     tokens = imagelm.sample(gen, [prompt], n=2, cfg_scale=3, seed=4, dtype="float32", text_encoder=encoder)
     for a, b in zip(api, to_uint8(imagelm.decode_tokens(tokens, tok).float())):
         np.testing.assert_array_equal(a, b)
+
+
+def test_jacobi_drafting_from_codes_serves_what_imagelm_sample_draws(tiny_generator, tiny_codes, tmp_path):
+    from imagelm.cli import main
+    from imagelm.images import draft_store
+    args = ["--classes", "1", "--cfg", "2", "--seed", "4", "--dtype", "float32", "--device", "cpu",
+            "--decode", "jacobi", "--draft-codes", str(tiny_codes), "--draft-match", "2"]
+    assert main(["sample", "--ckpt", str(tiny_generator), "--n", "2", "--out", str(tmp_path / "g.png"),
+                 "--each", str(tmp_path / "each"), *args]) == 0
+    gen = imagelm.load(tiny_generator)
+    options = dict(decode="jacobi", draft_store=draft_store(gen, tiny_codes, 2))
+    with TestClient(create_app(gen, imagelm.linked_tokenizer(gen.meta), dtype="float32", rows=8, max_n=4,
+                               engine_options=options)) as c:
+        r = c.post("/v1/images", json={"class": 1, "n": 2, "cfg": 2, "seed": 4})
+    cli = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tmp_path / "each").glob("*.png"))]
+    api = [decode_png(im["png_base64"]) for im in r.json()["images"]]
+    assert len(cli) == len(api) == 2
+    for a, b in zip(api, cli):
+        np.testing.assert_array_equal(a, b)
