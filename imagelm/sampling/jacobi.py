@@ -200,18 +200,25 @@ class DraftStore:
         self.tokens, self.min_match = tokens.long(), min_match
         self.labels = None if labels is None else labels.long()
 
+    def to(self, device) -> "DraftStore":
+        """The same store with its codes on `device`."""
+        return DraftStore(self.tokens.to(device), None if self.labels is None else self.labels.to(device),
+                          self.min_match)
+
     def continuation(self, prefix: torch.Tensor, window: int, label: int | None = None) -> torch.Tensor | None:
         """The next tokens after prefix [g, n] (g >= 1): up to `window` tokens [k, n] of the stored
         image whose trailing tokens match the prefix's longest (at least min_match; ties: the same
         label, then the lowest index), or None when none matches."""
         g = len(prefix)
+        if g >= self.tokens.shape[1]:
+            return None
         start = max(0, g - self.MAX_MATCH)
         same = (self.tokens[:, start:g] == prefix[start:]).all(-1)                     # [N, <=16]
         run = same.flip(1).long().cumprod(1).sum(1).float()                            # trailing match length
         if label is not None and self.labels is not None:
             run = run + 0.5 * (self.labels == label)
         best = int(run.argmax())
-        if run[best] < self.min_match or g >= self.tokens.shape[1]:
+        if run[best] < self.min_match:
             return None
         return self.tokens[best, g:g + window]
 
@@ -228,8 +235,6 @@ def draft_from_store(state, store: DraftStore, tokens: torch.Tensor, labels: lis
     STORE_PAUSE passes: where the model does not follow the stored images, their one-hot drafts
     are worse guesses than Jacobi's, which are drawn from the model's own distribution."""
     V = state.proposals.shape[-1]
-    if state.stored is None:
-        state.stored, state.store_pause = [False] * len(state.progress), [0] * len(state.progress)
     for i, g in enumerate(state.progress):
         if accepted is not None and state.stored[i] and accepted[i] <= 1:
             state.store_pause[i] = STORE_PAUSE
@@ -252,13 +257,13 @@ def draft_from_store(state, store: DraftStore, tokens: torch.Tensor, labels: lis
 @dataclass
 class JacobiState:
     """A request's windows: drafts [n, W, n_sub], proposals [n, W, n_sub, V], and each image's
-    number of tokens so far (host ints); with a DraftStore, per image: whether its window is a
+    number of tokens so far (host ints); for a DraftStore, per image: whether its window is a
     stored continuation, and how many passes it drafts without the store (after a miss)."""
     drafts: torch.Tensor
     proposals: torch.Tensor
     progress: list[int]
-    stored: list[bool] | None = None
-    store_pause: list[int] | None = None
+    stored: list[bool]
+    store_pause: list[int]
 
 
 def at_indices(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -281,14 +286,13 @@ class JacobiDecoding:
             raise ValueError(f"acceptance groups must be a [{V}, size] table, got {list(groups.shape)}")
         self.engine, self.window = engine, window
         self.groups = None if groups is None or groups.shape[1] == 1 else groups.to(engine.device)
-        if store is not None and tuple(store.tokens.shape[1:]) != (engine.config.seq_len, engine.config.num_subtokens):
-            raise ValueError(f"draft codes of {list(store.tokens.shape[1:])} tokens per image do not fit a "
-                             f"generator of {engine.config.seq_len} x {engine.config.num_subtokens}")
-        if store is not None and int(store.tokens.max()) >= V:
-            raise ValueError(f"draft codes reach token {int(store.tokens.max())}; the generator has {V}")
         if store is not None:
-            store = DraftStore(store.tokens.to(engine.device),
-                               None if store.labels is None else store.labels.to(engine.device), store.min_match)
+            if tuple(store.tokens.shape[1:]) != (engine.config.seq_len, engine.config.num_subtokens):
+                raise ValueError(f"draft codes of {list(store.tokens.shape[1:])} tokens per image do not fit a "
+                                 f"generator of {engine.config.seq_len} x {engine.config.num_subtokens}")
+            if int(store.tokens.max()) >= V:
+                raise ValueError(f"draft codes reach token {int(store.tokens.max())}; the generator has {V}")
+            store = store.to(engine.device)
         self.store = store
         self.passes = 0                  # forward passes run (verify steps), for reports
         self._rows = None                # RowSampling of the batch's slots, per batch
@@ -304,7 +308,7 @@ class JacobiDecoding:
             if r.known is not None:
                 index = (1 + torch.arange(W, device=e.device)).expand(r.n, W)
                 drafts = torch.where(at_indices(r.known, index)[..., None], at_indices(r.given, index), drafts)
-            r.jacobi = JacobiState(drafts, proposals, [1] * r.n)
+            r.jacobi = JacobiState(drafts, proposals, [1] * r.n, [False] * r.n, [0] * r.n)
             self._draft_from_store(r)
             start += r.n
 
