@@ -316,14 +316,20 @@ def engine_for(generator, rows: int, sampler: Sampler = Sampler()) -> Engine:
             return engine
         _cached.clear()                  # free the old engine's caches (and weight copy) first
     # workload: one batch of seq_len steps; `compile="auto"` compiles only for much more than that.
-    engine = Engine(generator, rows=rows, dtype=sampler.dtype, compile=sampler.compile, decode=sampler.decode,
-                    window=sampler.window, workload=generator.config.seq_len,
-                    groups=acceptance_groups(generator, sampler.groups) if sampler.groups > 1 else None,
-                    draft_store=draft_store(generator, sampler.draft_codes, sampler.draft_match)
-                    if sampler.draft_codes else None)
+    engine = Engine(generator, rows=rows, dtype=sampler.dtype, compile=sampler.compile,
+                    workload=generator.config.seq_len, **decoding_arguments(generator, sampler))
     with _cache_lock:
         _cached.update(model=weakref.ref(generator), key=key, engine=engine)
     return engine
+
+
+def decoding_arguments(generator, sampler: Sampler) -> dict:
+    """The Engine arguments of the sampler's decoding for `generator`: decode and window, and for
+    Jacobi decoding its acceptance groups and draft store (None when not asked for)."""
+    return dict(decode=sampler.decode, window=sampler.window,
+                groups=acceptance_groups(generator, sampler.groups) if sampler.groups > 1 else None,
+                draft_store=draft_store(generator, sampler.draft_codes, sampler.draft_match)
+                if sampler.draft_codes else None)
 
 
 def token_vectors(generator) -> torch.Tensor:

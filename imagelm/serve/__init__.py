@@ -46,7 +46,7 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: s
     import torch
 
     import imagelm
-    from imagelm.images import acceptance_groups, draft_store
+    from imagelm.images import Sampler, decoding_arguments
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     for name, value in (("--rows", rows), ("--max-n", max_n), ("--max-queue", max_pending)):
@@ -63,16 +63,12 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, device=None, dtype: s
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = imagelm.load(ckpt, device)
     tok = imagelm.linked_tokenizer(gen.meta, tokenizer, device)
-    if groups > 1 and decode != "jacobi":
-        raise ValueError("--jacobi-groups is an acceptance rule of --decode jacobi; add --decode jacobi")
-    if draft_codes is not None and decode != "jacobi":
-        raise ValueError("--draft-codes gives Jacobi decoding its drafts; add --decode jacobi")
-    groups = acceptance_groups(gen, groups) if groups > 1 else None
-    store = draft_store(gen, draft_codes, draft_match) if draft_codes is not None else None
+    # The Sampler checks the decoding flags as `imagelm sample` does; the server's engine takes them.
+    decoding = Sampler(decode=decode, window=window, groups=groups, compile=compile,
+                       draft_codes=None if draft_codes is None else str(draft_codes), draft_match=draft_match)
     app = _create_app(gen, tok, rows=rows, dtype=dtype, max_n=max_n, max_pending=max_pending, grace_s=grace_s,
                       api_keys=api_keys, cors_origins=cors_origins, timeout_s=timeout_s,
-                      engine_options=dict(decode=decode, window=window, compile=compile, groups=groups,
-                                          draft_store=store))
+                      engine_options=dict(compile=compile, **decoding_arguments(gen, decoding)))
     info = app.state.info
     _log_to_stderr()
     print(f"serving {info['model']} ({info['conditioning']}-conditional, engine {info['engine']['dtype']}: "
