@@ -98,15 +98,21 @@ def test_log_likelihood_is_the_teacher_forced_sum_over_the_chosen_positions():
         assert scored_positions(known, "joint")[b].tolist() == [i >= start[b] for i in range(16)]
 
 
+def draw_candidates(model, cond, given, known, K, seed):
+    """K teacher-forced fills per image, as inpaint draws them: -> [B, K, 16, 1]."""
+    drawn = inpaint(model, cond.repeat_interleave(K), given.repeat_interleave(K, 0),
+                    known.repeat_interleave(K, 0), GUIDED, seed=seed, dtype="float32")
+    return drawn.view(len(cond), K, 16, 1)
+
+
 def test_candidate_search_keeps_the_best_scoring_candidate():
     model = random_model()
     cond = torch.tensor([1, 5])
     given, known = given_known(2)
     K = 4
-    drawn = inpaint(model, cond.repeat_interleave(K), given.repeat_interleave(K, 0),
-                    known.repeat_interleave(K, 0), GUIDED, seed=2, dtype="float32")          # the K candidates
-    best, scores = choose_candidates(model, cond, drawn.view(2, K, 16, 1), known)
-    assert torch.equal(best, drawn.view(2, K, 16, 1)[torch.arange(2), scores.argmax(1)])
+    drawn = draw_candidates(model, cond, given, known, K, seed=2)                            # the K candidates
+    best, scores = choose_candidates(model, cond, drawn, known)
+    assert torch.equal(best, drawn[torch.arange(2), scores.argmax(1)])
     assert torch.equal(inpaint(model, cond, given, known, GUIDED, seed=2, candidates=K, dtype="float32"), best)
     assert scores.max(1).values.ge(scores[:, 0]).all()                 # at least as likely as teacher forcing
 
@@ -139,8 +145,7 @@ def test_guided_candidate_search_scores_under_the_request_guidance():
     cond = torch.tensor([1, 5])
     given, known = given_known(2)
     K = 4
-    drawn = inpaint(model, cond.repeat_interleave(K), given.repeat_interleave(K, 0),
-                    known.repeat_interleave(K, 0), GUIDED, seed=3, dtype="float32").view(2, K, 16, 1)
+    drawn = draw_candidates(model, cond, given, known, K, seed=3)
     best, scores = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED)
     flat, where = drawn.reshape(2 * K, 16, 1), scored_positions(known, "joint").repeat_interleave(K, 0)
     expected = log_likelihood(model, cond.repeat_interleave(K), flat, where, scales=torch.full((16,), 2.0))

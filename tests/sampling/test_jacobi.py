@@ -112,11 +112,17 @@ def test_jacobi_with_subtokens_keeps_the_joint_distribution():
         assert chi_square(samples, exact, positions) < 35.0, positions   # 8 dof: P(> 35) ~ 3e-5
 
 
-def test_greedy_jacobi_gives_the_plain_tokens_with_requests_admitted_at_different_steps():
+def greedy_test_model():
+    """A tiny AR generator over a 4x4 grid with strong heads, for the greedy tests."""
     torch.manual_seed(0)
     model = build_generator(gpt_config("tiny", grid_size=4)).eval()
     for head in model.output.heads:
         nn.init.normal_(head.weight, std=0.5)
+    return model
+
+
+def test_greedy_jacobi_gives_the_plain_tokens_with_requests_admitted_at_different_steps():
+    model = greedy_test_model()
     options = SamplingOptions(cfg_scale=2.0, top_k=1)
     engine = Engine(model, rows=12, dtype="float32", decode="jacobi", window=5)
     conds = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 4, 5])]
@@ -260,10 +266,7 @@ def test_stored_continuations_match_the_longest_run_and_prefer_the_same_class():
 
 
 def test_greedy_with_the_greedy_images_stored_takes_whole_windows():
-    torch.manual_seed(0)
-    model = build_generator(gpt_config("tiny", grid_size=4)).eval()
-    for head in model.output.heads:
-        nn.init.normal_(head.weight, std=0.5)
+    model = greedy_test_model()
     options = SamplingOptions(cfg_scale=2.0, top_k=1)
     cond = torch.tensor([1, 2, 3])
     plain = generate(model, cond, options)                                          # [3, 16, 1]
