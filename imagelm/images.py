@@ -29,13 +29,11 @@ from imagelm.models.conditioning import TextCondition
 from imagelm.runtime import choose_sampling_dtype, seeded_generator
 from imagelm.sampling.autoregressive import SamplingOptions, generate
 from imagelm.sampling.conventions import CONVENTIONS, plan_sampling, resolve_conventions
-from imagelm.sampling.engine import Engine
+from imagelm.sampling.engine import COMPILE_CHOICES, DECODE_MODES, Engine
 from imagelm.sampling.masked import REMASK_RULES, generate_masked
 from imagelm.vocab import TokenLayout
 
 SAMPLERS = ("engine", "plain")
-DECODES = ("plain", "jacobi")
-COMPILES = ("auto", "on", "off")
 # The options a caller may leave to the conventions' defaults (Sampler.defaulted).
 OPTION_NAMES = ("cfg_scale", "cfg_schedule", "cfg_interval", "temperature", "top_k", "top_p", "steps")
 
@@ -75,9 +73,9 @@ class Sampler:
     def __post_init__(self):
         if self.engine not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.engine!r}; choose engine or plain")
-        if self.decode not in DECODES:
+        if self.decode not in DECODE_MODES:
             raise ValueError(f"unknown decoding {self.decode!r}; choose plain or jacobi")
-        if self.compile not in COMPILES:
+        if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"--compile must be auto, on or off, got {self.compile!r}")
         if self.decode == "jacobi" and self.engine == "plain":
             raise ValueError("--decode jacobi runs in the engine; drop --engine plain")
