@@ -208,12 +208,13 @@ def with_overrides(sampler: Sampler | None, overrides: dict) -> Sampler:
 # ------------------------------------------------------------------------------ the token step
 def fill_tokens(generator, cond, given: torch.Tensor | None, known: torch.Tensor | None, height: int, width: int,
                 sampler: Sampler = Sampler(), seed: int = 0, candidates: int = 1, score: str = "kept",
-                stride: int | None = None, progress: bool = False) -> torch.Tensor:
+                stride: int | None = None, progress: bool = False, score_guidance: float | None = None,
+                hole_cfg: float | None = None) -> torch.Tensor:
     """The unknown tokens of an h x w canvas filled in: given [B, h*w, n] / known [B, h*w] bool (None:
     a fresh canvas) -> tokens [B, h*w, n]. On the trained grid: `inpaint` (AR through the engine of
     images.engine_for or the plain sampler, with candidate search; masked generators in
     `sampler.steps` steps); on a larger canvas the sliding window (sampling/canvas.py, `stride`, the
-    plain loop in float32), where candidates must be 1."""
+    plain loop in float32), where candidates must be 1 and score_guidance / hole_cfg unset."""
     config = generator.config
     g, n, B = config.grid_size, config.num_subtokens, len(cond)
     device = next(generator.parameters()).device
@@ -231,12 +232,17 @@ def fill_tokens(generator, cond, given: torch.Tensor | None, known: torch.Tensor
             known = torch.zeros(B, g * g, dtype=torch.bool, device=device)
         engine = None
         if not masked and sampler.engine == "engine":
-            engine = engine_for(generator, B * candidates * (2 if options.guided else 1), sampler)
+            guided = options.guided or (hole_cfg is not None and hole_cfg != 1)
+            engine = engine_for(generator, B * candidates * (2 if guided else 1), sampler)
         return inpaint(generator, cond, given.to(device), known.to(device), options, seed, candidates, score,
-                       sampler.steps, sampler.engine, engine=engine, progress=progress)
+                       sampler.steps, sampler.engine, engine=engine, progress=progress,
+                       score_guidance=score_guidance, hole_cfg=hole_cfg)
     if candidates != 1:
         raise ValueError(f"candidate search runs on the trained {g}x{g} grid; this canvas is "
                          f"{width}x{height} tokens (use candidates=1)")
+    if score_guidance is not None or hole_cfg is not None:
+        raise ValueError(f"score_guidance and hole_cfg are for inpainting on the trained {g}x{g} grid; this canvas "
+                         f"is {width}x{height} tokens")
     given = None if given is None else given.to(device)
     known = None if known is None else known.to(device)
     rng = seeded_generator(seed, device)
@@ -273,7 +279,8 @@ def _tokenizer(generator, tokenizer):
 # ------------------------------------------------------------------------------ the three verbs
 def edit(generator, image, mask, cond=None, n: int = 1, *, tokenizer=None, sampler: Sampler | None = None,
          seed: int = 0, candidates: int = 1, score: str = "kept", dilate: int = 0, feather: float | None = None,
-         stride: int | None = None, progress: bool = False, text_encoder=None, **sampling) -> Edited:
+         stride: int | None = None, progress: bool = False, text_encoder=None, score_guidance: float | None = None,
+         hole_cfg: float | None = None, **sampling) -> Edited:
     """Inpaint `image` where `mask` is white: n images per condition (cond as imagelm.sample takes it;
     None: unconditional) -> Edited with images [B * n, 3, H, W], grouped by condition.
 
@@ -281,7 +288,9 @@ def edit(generator, image, mask, cond=None, n: int = 1, *, tokenizer=None, sampl
     mask: the same size (see read_mask). candidates: AR candidate search on the trained grid, the cost
     knob (see sampling/editing.py; 1 = teacher forcing); score: how candidates are ranked, one of
     sampling/editing.SCORES ("kept", "joint", "guided-kept", "guided-joint", "class"; the guided
-    ones under this call's guidance); dilate: grow the regenerated tokens by this
+    ones under this call's guidance, or at the constant scale score_guidance S >= 1: guided-joint at
+    S = joint + (S - 1) class, from the same scoring passes, so free); hole_cfg: the guidance scale the
+    hole's candidates are drawn with (default cfg_scale; the scores keep cfg_scale); dilate: grow the regenerated tokens by this
     many; feather: seam width in pixels (default half a token); sampler / **sampling: how tokens are
     drawn (see the module doc). All-black masks return the input's tokens; with an all-white mask and
     candidates=1 the tokens are imagelm.sample's for the same seed.
@@ -298,7 +307,7 @@ def edit(generator, image, mask, cond=None, n: int = 1, *, tokenizer=None, sampl
     given = encode_canvas(tokenizer, original[None], generator.config.num_subtokens, layout).expand(len(cond), -1, -1)
     known = (~regenerated).flatten()[None].expand(len(cond), -1)
     tokens = fill_tokens(generator, cond, given.contiguous(), known.contiguous(), h, w, sampler, seed,
-                         candidates, score, stride, progress)
+                         candidates, score, stride, progress, score_guidance, hole_cfg)
     decoded = decode_canvas(tokenizer, tokens, h, w, layout)
     feather = pixel_factor(tokenizer) / 2 if feather is None else feather
     return Edited(paste_back(decoded, original, feather_alpha(pixel_mask, feather)), tokens.cpu(), regenerated)

@@ -40,7 +40,7 @@ def edit(a) -> None:
     cond, rows = _condition(a)
     out = edit(gen, a.image, a.mask, cond, a.n, tokenizer=a.tokenizer, sampler=flags.sampler(a), seed=a.seed,
                candidates=a.candidates, score=a.score, dilate=a.dilate, feather=a.feather, stride=a.stride,
-               progress=True)
+               progress=True, score_guidance=a.score_guidance, hole_cfg=a.hole_cfg)
     _save(a, out.images)
     h, w = out.grid
     print(f"{len(out.images)} edited images ({rows} x {a.n}, a row each; {int(out.regenerated.sum())} of {h * w} "
@@ -119,6 +119,12 @@ def register(sub) -> None:
                    help="candidate score: likelihood of the kept tokens after the hole (kept), or of everything "
                         "from the hole on (joint); the guided- ones score under the guidance the draw used "
                         "(s log p(x|c) - (s-1) log p(x|null), a second scoring pass)")
+    e.add_argument("--score-guidance", type=float, default=None, metavar="S",
+                   help="the guided scores at the constant scale S >= 1 instead of --cfg-scale: guided-joint at S "
+                        "is joint + (S-1) x class evidence (no extra pass; needs --score guided-kept/guided-joint)")
+    e.add_argument("--hole-cfg", type=float, default=None, metavar="G",
+                   help="AR and masked: draw the hole at guidance scale G >= 1 instead of --cfg-scale (the kept "
+                        "tokens are given, so this guides only the hole); the scores keep --cfg-scale")
     e.add_argument("--dilate", type=int, default=0, help="also regenerate this many tokens around the mask")
     e.set_defaults(func=edit)
 

@@ -26,11 +26,21 @@ targets. It costs a second (unconditional) scoring pass per candidate; at s = 1 
 implicit classifier most surely reads as the requested class, among draws that are already the
 sampler's plausible fills; it needs a model trained with condition dropout, as guidance does.
 
+Two knobs separate what the draw and the score use, both free of extra passes: `score_guidance` S
+scores the guided ones at a constant scale S instead of the request's (guided-joint at S is joint +
+(S - 1) class, both from the same two scoring passes; S = 1 is the plain score, S -> infinity ranks
+as "class"), and `hole_cfg` G draws the candidates at guidance scale G instead of the request's
+(the kept tokens are given, so this guides only the hole), while the guided scores keep the
+request's scale unless `score_guidance` says otherwise.
+
     known = token_grid(pixel_mask, factor=4).flatten(1).logical_not()     # True = kept
     tokens = inpaint(model, cond, given, known, SamplingOptions(cfg_scale=2.0), seed=0, candidates=8,
-                     score="guided-joint")
+                     score="guided-joint", score_guidance=4.0)
 """
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -133,34 +143,71 @@ def check_score(score: str) -> None:
         raise ValueError(f"unknown candidate score {score!r}; choose one of {', '.join(SCORES)}")
 
 
+def check_scale(value, name: str) -> None:
+    """A one-line ValueError unless `value` (score_guidance, hole_cfg) is None or a finite number >= 1
+    (below 1 a guided score would reward the null condition's likelihood)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{name} must be a finite number >= 1, got {value!r}")
+
+
+def candidate_scores(conditional: torch.Tensor, null: torch.Tensor | None, known: torch.Tensor, score: str = "kept",
+                     scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Every candidate score from per-position log-probabilities (token_log_probs): conditional [R, L]
+    log p(x_i | c, x<i), null [R, L] the same under the null condition (needed by "class" and by the
+    guided scores when scales has an entry != 1), known [R, L] bool (True = kept) -> [R] float32.
+    scales [L] or [R, L]: the guided scores' scale per position (None: no guidance, the plain score).
+    The one place the scores' arithmetic lives: choose_candidates runs the passes and calls this, and a
+    benchmark holding the log-probabilities can score every variant without another pass."""
+    check_score(score)
+    where = scored_positions(known, score)                                               # [R, L]
+    if score == "class":
+        return ((conditional - null) * where).sum(1)
+    if score.startswith("guided") and scales is not None and bool((scales != 1).any()):
+        scales = scales.to(conditional)
+        return ((scales * conditional - (scales - 1) * null) * where).sum(1)
+    return (conditional * where).sum(1)
+
+
 def choose_candidates(model, cond, candidates: torch.Tensor, known: torch.Tensor, score: str = "kept",
-                      options: SamplingOptions | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                      options: SamplingOptions | None = None, batch_size: int = 256,
+                      score_guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The best of K candidates per image: cond [B] (or a TextCondition of batch B), candidates
     [B, K, L, n], known [B, L] bool -> (tokens [B, L, n], scores [B, K] float32). The score is the
     log-likelihood of `scored_positions(known, score)`, for the guided scores under `options`'
-    guidance scales (its schedule and interval; None or cfg_scale 1: no guidance, the plain score);
+    guidance scales (its schedule and interval; None or cfg_scale 1: no guidance, the plain score) or,
+    with `score_guidance` S, at the constant scale S (guided-joint at S = joint + (S - 1) class);
     "class" is `class_evidence` over the joint positions (the model's own belief that the image is
     class c). Ties go to the lowest candidate index."""
     B, K, L, n = candidates.shape
     check_score(score)
+    check_scale(score_guidance, "score_guidance")
+    if score_guidance is not None and not score.startswith("guided"):
+        raise ValueError(f"score_guidance sets the guided scores' scale; score {score!r} is not guided "
+                         "(use guided-kept or guided-joint)")
     check_given(candidates[:, 0], known, len(cond), model.config.seq_len, model.config.num_subtokens)
     flat = candidates.reshape(B * K, L, n)
-    where = scored_positions(known, score).repeat_interleave(K, 0)                           # [B*K, L]
     scales = None
-    if score.startswith("guided") and options is not None and options.guided:
+    if score_guidance is not None:
+        scales = torch.full((L,), float(score_guidance), device=flat.device)                 # [L]
+    elif score.startswith("guided") and options is not None and options.guided:
         scales = torch.tensor(options.cfg_scales(L), device=flat.device)                     # [L]
     cond_k = cond.repeat_interleave(K)
-    if score == "class":
-        scores = class_evidence(model, cond_k, flat, where, batch_size).view(B, K)
+    null_needed = score == "class" or (scales is not None and bool((scales != 1).any()))
+    if null_needed:
+        conditional, null = token_log_probs(model, cond_k, flat, batch_size, null=True)     # [B*K, L] each
     else:
-        scores = log_likelihood(model, cond_k, flat, where, batch_size, scales).view(B, K)
+        conditional, null = token_log_probs(model, cond_k, flat, batch_size), None
+    scores = candidate_scores(conditional, null, known.repeat_interleave(K, 0), score, scales).view(B, K)
     best = scores.argmax(1)                                                                  # [B]
     return candidates[torch.arange(B, device=best.device), best], scores
 
 
 def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: SamplingOptions = SamplingOptions(),
             seed: int = 0, candidates: int = 1, score: str = "kept", steps: int = 10, sampler: str = "engine",
-            dtype: str = "auto", engine: Engine | None = None, progress: bool = False) -> torch.Tensor:
+            dtype: str = "auto", engine: Engine | None = None, progress: bool = False,
+            score_guidance: float | None = None, hole_cfg: float | None = None) -> torch.Tensor:
     """Fill the unknown positions of given [B, L, n] (known [B, L] bool: True = keep) for cond [B]
     (class ids) or a TextCondition of batch B -> tokens [B, L, n] int64, equal to `given` wherever
     known. Deterministic in `seed`.
@@ -168,9 +215,11 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
     Masked generators: their sampler in `steps` steps from the kept tokens (candidates must be 1).
     AR generators: `candidates` draws per image in one request through the engine (`sampler="engine"`
     in `dtype`, or the caller's `engine`) or the plain sampler (`sampler="plain"`), then the best by
-    `score` (see choose_candidates; the guided scores use `options`' guidance). With candidates=1
-    this is teacher forcing, and with nothing known it is exactly `imagelm.sample`'s draw for the
-    same seed.
+    `score` (see choose_candidates; the guided scores use `options`' guidance, or the constant
+    `score_guidance`). hole_cfg: the guidance scale the hole is drawn with (default: options'
+    cfg_scale; its schedule and interval are kept), the candidates still scored under `options`. With
+    candidates=1 this is teacher forcing (at hole_cfg when given), and with nothing known it is
+    exactly `imagelm.sample`'s draw for the same seed (and options).
     """
     config = model.config
     B = len(cond)
@@ -178,23 +227,30 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     check_score(score)
+    check_scale(hole_cfg, "hole_cfg")
+    check_scale(score_guidance, "score_guidance")
+    if score_guidance is not None and not score.startswith("guided"):
+        raise ValueError(f"score_guidance sets the guided scores' scale; score {score!r} is not guided "
+                         "(use guided-kept or guided-joint)")
     if bool(known.all()):
         return given.clone()
     device = given.device
+    drawing = options if hole_cfg is None else dataclasses.replace(options, cfg_scale=float(hole_cfg))
     if getattr(model, "kind", "ar") == "mlm":
         if candidates != 1:
             raise ValueError("candidate search is for AR generators; a masked generator sees every kept "
                              "token already (use candidates=1)")
-        return generate_masked(model, cond, options, steps, seeded_generator(seed, device), tokens=given, known=known, progress=progress)
+        return generate_masked(model, cond, drawing, steps, seeded_generator(seed, device), tokens=given, known=known,
+                               progress=progress)
     K = candidates
     cond_k, given_k, known_k = cond.repeat_interleave(K), given.repeat_interleave(K, 0), known.repeat_interleave(K, 0)
     if sampler == "plain":
-        drawn = generate(model, cond_k, options, seeded_generator(seed, device), progress=progress,
+        drawn = generate(model, cond_k, drawing, seeded_generator(seed, device), progress=progress,
                          given=given_k, known=known_k)
     elif sampler == "engine":
         if engine is None:
-            engine = Engine(model, rows=B * K * (2 if options.guided else 1), dtype=dtype)
-        request = engine.submit(cond_k, options, seed, given=given_k, known=known_k)
+            engine = Engine(model, rows=B * K * (2 if drawing.guided else 1), dtype=dtype)
+        request = engine.submit(cond_k, drawing, seed, given=given_k, known=known_k)
         engine.run(progress)
         if request.error:
             raise ValueError(request.error)
@@ -203,4 +259,5 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
         raise ValueError(f"unknown sampler {sampler!r}; choose engine or plain")
     if K == 1:
         return drawn
-    return choose_candidates(model, cond, drawn.view(B, K, *drawn.shape[1:]), known, score, options)[0]
+    return choose_candidates(model, cond, drawn.view(B, K, *drawn.shape[1:]), known, score, options,
+                             score_guidance=score_guidance)[0]

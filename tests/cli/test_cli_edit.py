@@ -75,6 +75,22 @@ def test_edit_bad_image_and_arguments(tiny_generator, files, capsys):
     assert "candidates must be >= 1" in _error_line(capsys)
 
 
+def test_edit_score_guidance_and_hole_cfg(tiny_generator, files, capsys):
+    base = ["edit", "--ckpt", str(tiny_generator), "--image", str(files / "in.png"), "--mask", str(files / "mask.png"),
+            "--classes", "1", "--n", "2", "--candidates", "2", "--cfg", "2", "--out", str(files / "o.png"),
+            "--each", str(files / "each")]
+    assert main(base + ["--score", "guided-joint", "--score-guidance", "3", "--hole-cfg", "4"]) == 0
+    assert "2 edited images" in capsys.readouterr().out and _sizes(files / "each") == {(16, 16)}
+    kept = np.asarray(Image.open(files / "each" / "00000.png"))[:2]
+    assert (kept == np.asarray(Image.open(files / "in.png"))[:2]).all()
+    assert main(base + ["--score", "guided-joint", "--score-guidance", "0.5"]) == 2
+    assert "score_guidance must be a finite number >= 1, got 0.5" in _error_line(capsys)
+    assert main(base + ["--score", "kept", "--score-guidance", "3"]) == 2
+    assert "score 'kept' is not guided" in _error_line(capsys)
+    assert main(base + ["--hole-cfg", "0"]) == 2
+    assert "hole_cfg must be a finite number >= 1, got 0.0" in _error_line(capsys)
+
+
 def test_expand_and_sample_size_give_the_size_asked(tiny_generator, files, capsys):
     code = main(["expand", "--ckpt", str(tiny_generator), "--image", str(files / "in.png"), "--right", "8",
                  "--up", "3", "--classes", "1", "--n", "2", "--out", str(files / "wide.png"),

@@ -10,8 +10,8 @@ from imagelm.api import sample
 from imagelm.models import build_generator, gpt_config
 from imagelm.models.conditioning import TextCondition
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from imagelm.sampling.editing import (choose_candidates, class_evidence, first_unknown, inpaint, log_likelihood,
-                                      scored_positions, token_grid)
+from imagelm.sampling.editing import (candidate_scores, choose_candidates, class_evidence, first_unknown, inpaint,
+                                      log_likelihood, scored_positions, token_grid, token_log_probs)
 from imagelm.sampling.masked import generate_masked
 
 
@@ -158,6 +158,112 @@ def test_guided_candidate_search_scores_under_the_request_guidance():
     # Unguided options (or none): the guided score is the plain one.
     _, unguided = choose_candidates(model, cond, drawn, known, "guided-kept", SamplingOptions(cfg_scale=1.0))
     assert torch.equal(unguided, choose_candidates(model, cond, drawn, known, "kept")[1])
+
+
+def per_token_log_probs(model, cond, flat):
+    """By hand: log p(x_i | c, x<i) and log p(x_i | null, x<i) of flat [R, 16, 1] -> two [R, 16]."""
+    def one(c):
+        return model(flat, c).log_softmax(-1).gather(-1, flat.unsqueeze(-1))[..., 0, 0]
+    return one(cond), one(model.null_cond(cond))
+
+
+def test_score_guidance_is_joint_plus_scaled_class_evidence():
+    model = random_model()
+    cond = torch.tensor([1, 5])
+    given, known = given_known(2)
+    K = 4
+    drawn = draw_candidates(model, cond, given, known, K, seed=4)
+    flat, cond_k = drawn.reshape(2 * K, 16, 1), cond.repeat_interleave(K)
+    conditional, null = per_token_log_probs(model, cond_k, flat)                          # [8, 16] each
+    joint_at = scored_positions(known, "joint").repeat_interleave(K, 0)
+    kept_at = scored_positions(known, "kept").repeat_interleave(K, 0)
+    joint = (conditional * joint_at).sum(1).view(2, K)
+    evidence = ((conditional - null) * joint_at).sum(1).view(2, K)
+    kept = (conditional * kept_at).sum(1).view(2, K)
+    kept_evidence = ((conditional - null) * kept_at).sum(1).view(2, K)
+    for s in (1.0, 2.5, 6.0):
+        best, scores = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED, score_guidance=s)
+        assert torch.allclose(scores, joint + (s - 1) * evidence, atol=1e-4)
+        assert torch.equal(best, drawn[torch.arange(2), scores.argmax(1)])
+        _, scores = choose_candidates(model, cond, drawn, known, "guided-kept", None, score_guidance=s)
+        assert torch.allclose(scores, kept + (s - 1) * kept_evidence, atol=1e-4)
+    # S = 1 is the plain joint score; S = the request's constant scale is the request's guided score.
+    _, at_one = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED, score_guidance=1.0)
+    assert torch.equal(at_one, choose_candidates(model, cond, drawn, known, "joint")[1])
+    _, at_two = choose_candidates(model, cond, drawn, known, "guided-joint", None, score_guidance=2.0)
+    assert torch.allclose(at_two, choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED)[1], atol=1e-5)
+    # A large S ranks as class evidence alone would.
+    _, huge = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED, score_guidance=1e4)
+    assert torch.equal(huge.argmax(1), evidence.argmax(1))
+    out = inpaint(model, cond, given, known, GUIDED, seed=4, candidates=K, score="guided-joint", dtype="float32",
+                  score_guidance=3.0)
+    assert torch.equal(out, drawn[torch.arange(2), (joint + 2 * evidence).argmax(1)])
+
+
+def test_candidate_scores_from_stored_log_probs_match_the_scoring_passes():
+    model = random_model()
+    cond = torch.tensor([2, 3])
+    given, known = given_known(2)
+    K = 3
+    drawn = draw_candidates(model, cond, given, known, K, seed=5)
+    conditional, null = token_log_probs(model, cond.repeat_interleave(K), drawn.reshape(2 * K, 16, 1), null=True)
+    known_k = known.repeat_interleave(K, 0)
+    for score, options, scales in [("kept", None, None), ("joint", None, None), ("class", None, None),
+                                   ("guided-kept", GUIDED, torch.full((16,), 2.0)),
+                                   ("guided-joint", GUIDED, torch.full((16,), 2.0))]:
+        _, direct = choose_candidates(model, cond, drawn, known, score, options)
+        stored = candidate_scores(conditional, null, known_k, score, scales).view(2, K)
+        assert torch.allclose(direct, stored, atol=1e-5), score
+    # Guided scores without a scale (or at scale 1 everywhere) need no null pass and are the plain ones.
+    assert torch.equal(candidate_scores(conditional, None, known_k, "guided-joint", torch.ones(16)),
+                       candidate_scores(conditional, None, known_k, "joint"))
+
+
+def test_hole_cfg_draws_the_hole_at_its_scale_and_scores_under_the_request():
+    model = random_model()
+    cond = torch.tensor([1, 6])
+    given, known = given_known(2)
+    strong = SamplingOptions(cfg_scale=4.0, top_k=20)
+    # Teacher forcing at hole_cfg G is teacher forcing at cfg_scale G: the kept tokens are given.
+    tf = inpaint(model, cond, given, known, GUIDED, seed=6, dtype="float32", hole_cfg=4.0)
+    assert torch.equal(tf, inpaint(model, cond, given, known, strong, seed=6, dtype="float32"))
+    assert torch.equal(tf[known], given[known])
+    assert not torch.equal(tf, inpaint(model, cond, given, known, GUIDED, seed=6, dtype="float32"))
+    K = 4
+    drawn = inpaint(model, cond.repeat_interleave(K), given.repeat_interleave(K, 0), known.repeat_interleave(K, 0),
+                    strong, seed=6, dtype="float32").view(2, K, 16, 1)
+    best = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED)[0]    # scored at the request's 2
+    out = inpaint(model, cond, given, known, GUIDED, seed=6, candidates=K, score="guided-joint", dtype="float32",
+                  hole_cfg=4.0)
+    assert torch.equal(out, best)
+    plain = inpaint(model, cond, given, known, GUIDED, seed=6, candidates=K, score="guided-joint", sampler="plain",
+                    hole_cfg=4.0)
+    assert torch.equal(plain[known], given[known])
+
+
+@pytest.mark.parametrize("value", [0.5, 0, float("nan"), float("inf"), "3", True])
+def test_bad_score_guidance_and_hole_cfg_are_one_line_errors(value):
+    model = random_model()
+    cond = torch.tensor([1])
+    given, known = given_known(1)
+    with pytest.raises(ValueError, match="score_guidance must be a finite number >= 1") as e:
+        inpaint(model, cond, given, known, candidates=2, score="guided-joint", score_guidance=value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="hole_cfg must be a finite number >= 1"):
+        inpaint(model, cond, given, known, hole_cfg=value)
+    with pytest.raises(ValueError, match="score_guidance must be a finite number >= 1"):
+        choose_candidates(model, cond, given[:, None], known, "guided-kept", score_guidance=value)
+
+
+def test_score_guidance_needs_a_guided_score():
+    model = random_model()
+    cond = torch.tensor([1])
+    given, known = given_known(1)
+    for score in ("kept", "joint", "class"):
+        with pytest.raises(ValueError, match="is not guided"):
+            inpaint(model, cond, given, known, candidates=2, score=score, score_guidance=3.0)
+        with pytest.raises(ValueError, match="is not guided"):
+            choose_candidates(model, cond, given[:, None], known, score, score_guidance=3.0)
 
 
 def test_bad_arguments_are_one_line_errors():
