@@ -14,12 +14,17 @@ accepted chain's slots as usual). It is what "tree drafts" could gain before pay
 verify rows. A reference simulation with full forwards (no cache), one sub-token, `--chain-images`
 images.
 
-    python benchmarks/jacobi_diagnostics.py --ckpt runs/demo/gpt [--chains 1 2 4 8]
+With `--cost` (timed: run it alone on the CPU), where the time of one image's decoding goes: ms per
+plain step and per Jacobi pass, split into the model's forward, the acceptance (`jacobi.verify`)
+and the rest of the step, the mean over `--cost-images` single-image requests after warm-ups.
+
+    python benchmarks/jacobi_diagnostics.py --ckpt runs/demo/gpt [--chains 1 2 4 8] [--cost]
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import time
 
 import torch
 
@@ -129,6 +134,44 @@ def parallel_chains(gen, cond, options, window, chains, seed=0):
     return L / (sum(passes) / N)
 
 
+def step_cost(gen, options, decode, window, images):
+    """(ms per decode step, of which forward, of which verify, steps per image) of single-image
+    requests (class i % classes, seed i) through a fresh fp32 engine each, the prefill not counted."""
+    spent = {"forward": 0.0, "verify": 0.0}
+
+    def timed(name, f):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            out = f(*args, **kwargs)
+            spent[name] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    def run(seed):
+        engine = Engine(gen, rows=2, dtype="float32", decode=decode, window=window)
+        request = engine.submit(torch.tensor([seed % gen.config.num_classes]), options, seed=seed)
+        engine.step()                                    # the prefill
+        engine.model.logits = timed("forward", engine.model.logits)   # the engine's own prepared copy
+        steps, seconds = 0, 0.0
+        while not request.finished:
+            start = time.perf_counter()
+            engine.step()
+            seconds += time.perf_counter() - start
+            steps += 1
+        return steps, seconds
+
+    real = jacobi.verify
+    jacobi.verify = timed("verify", real)
+    try:
+        for seed in range(3):                            # warm-up
+            run(1000 + seed)
+        spent.update(forward=0.0, verify=0.0)
+        steps, seconds = map(sum, zip(*[run(seed) for seed in range(images)]))
+    finally:
+        jacobi.verify = real
+    return seconds / steps * 1e3, spent["forward"] / steps * 1e3, spent["verify"] / steps * 1e3, steps / images
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
@@ -137,12 +180,20 @@ def main() -> None:
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--chains", type=int, nargs="*", default=[], help="parallel Jacobi chains per image to simulate")
     p.add_argument("--chain-images", type=int, default=32)
+    p.add_argument("--cost", action="store_true", help="also time a plain step and a Jacobi pass (run alone)")
+    p.add_argument("--cost-images", type=int, default=10)
     a = p.parse_args()
     torch.set_num_threads(2)
     gen = imagelm.load(a.ckpt).eval()
     cond = torch.arange(a.n) % gen.config.num_classes
     options = SamplingOptions(cfg_scale=a.cfg)
     print(f"# {a.ckpt}: CPU {cpu_description()}, {a.n} images, CFG {a.cfg}, window {a.window}")
+    if a.cost:
+        print(f"cost at 1 image, fp32, mean of {a.cost_images} images (timed, first: before any large batch):")
+        for decode in ("plain", "jacobi"):
+            ms, forward, verify, steps = step_cost(gen, options, decode, a.window, a.cost_images)
+            print(f"  {decode:<6} {ms:.2f} ms a step (forward {forward:.2f}, acceptance {verify:.2f}, rest "
+                  f"{ms - forward - verify:.2f}), {steps:.1f} steps an image: {ms * steps:.0f} ms an image", flush=True)
     engine = Engine(gen, rows=2 * a.n, dtype="float32")
     request = engine.submit(cond, options, seed=0)
     engine.run()
