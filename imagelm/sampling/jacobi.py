@@ -185,6 +185,14 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, valid: torch.
     return Verdict(tokens, total, next_drafts, next_q)
 
 
+def describe_passes(passes: list[int], length: int) -> str:
+    """One line on a request's decoding: each image's verify passes (JacobiState.passes) for its
+    `length` tokens, of which the prefill samples the first."""
+    mean = sum(passes) / max(len(passes), 1)
+    return (f"jacobi decoding: {mean:.1f} passes an image on average for {length - 1} tokens (plain decoding: "
+            f"{length - 1} steps), {(length - 1) / max(mean, 1e-9):.2f} tokens a pass")
+
+
 # ---------------------------------------------------------------- drafts from stored codes
 class DraftStore:
     """Codes of stored images to draft from: tokens [N, L, n] int64, labels [N] int64 (or None), and
