@@ -30,8 +30,8 @@ from imagelm.runtime import choose_sampling_dtype, seeded_generator
 from imagelm.sampling.autoregressive import SamplingOptions, generate
 from imagelm.sampling.conventions import CONVENTIONS, plan_sampling, resolve_conventions
 from imagelm.sampling.engine import COMPILE_CHOICES, DECODE_MODES, Engine
-from imagelm.sampling.masked import REMASK_RULES, generate_masked
 from imagelm.sampling.jacobi import describe_passes
+from imagelm.sampling.masked import REMASK_RULES, generate_masked
 from imagelm.vocab import TokenLayout
 
 SAMPLERS = ("engine", "plain")
