@@ -43,7 +43,8 @@ def features(clf, images_uint8: np.ndarray) -> np.ndarray:
 
 
 def run_engine(gen, cond, options, seed, decode, window, dtype, groups=None, store=None):
-    """(tokens, seconds, forward passes) of one batch, all images admitted at once; decode "plain",
+    """(tokens, seconds, forward passes, each image's passes) of one batch, all images admitted at
+    once (an image's passes: until it finished; a batch runs as long as its slowest); decode "plain",
     "jacobi", "groupedG" (Jacobi decoding with the lossy grouped acceptance over groups[decode]) or
     "jac+codes" (Jacobi decoding with drafts from the stored codes `store` too: exact)."""
     engine = Engine(gen, rows=len(cond) * (2 if options.guided else 1), dtype=dtype,
@@ -57,7 +58,8 @@ def run_engine(gen, cond, options, seed, decode, window, dtype, groups=None, sto
         steps += 1
     seconds = time.perf_counter() - start
     passes = engine._jacobi.passes if engine._jacobi is not None else steps - 1    # the prefill step decodes nothing
-    return request.tokens, seconds, passes
+    each = request.jacobi.passes if request.jacobi is not None else [passes] * len(cond)
+    return request.tokens, seconds, passes, each
 
 
 def trained(ckpt, clf_dir, data, a, options, codes=None):
@@ -81,7 +83,7 @@ def trained(ckpt, clf_dir, data, a, options, codes=None):
             run_engine(gen, cond, options, 99, decode, a.window, a.dtype, groups, store)  # warm-up
             times, passes = [], []
             for rep in range(a.reps):
-                _, seconds, p = run_engine(gen, cond, options, rep, decode, a.window, a.dtype, groups, store)
+                _, seconds, p, _ = run_engine(gen, cond, options, rep, decode, a.window, a.dtype, groups, store)
                 times.append(seconds)
                 passes.append(p)
             ms = np.median(times) / batch * 1e3
@@ -94,17 +96,21 @@ def trained(ckpt, clf_dir, data, a, options, codes=None):
     real = build_dataset(data, image_size=size, split="test", length=1000)
     mu_r, sigma_r = feature_stats(features(clf, to_uint8(torch.stack([real[i][0] for i in range(len(real))]))))
     labels = torch.arange(gen.config.num_classes).repeat_interleave(a.per_class)
-    print(f"quality: {len(labels)} samples, classifier accuracy and FID on its features vs {len(real)} real")
+    print(f"quality: {len(labels)} samples, classifier accuracy and FID on its features vs {len(real)} real; "
+          f"passes/img: the mean over those samples of the passes each ran until it finished")
     runs = [("plain seed 0", "plain", 0), ("plain seed 1", "plain", 1), ("jacobi seed 0", "jacobi", 0)]
     runs += [("jac+codes seed 0", "jac+codes", 0)] if store else []
     runs += [(f"{name} seed 0", name, 0) for name in groups]
     for name, decode, seed in runs:
-        tokens = torch.cat([run_engine(gen, labels[i:i + 64], options, seed + i, decode, a.window, a.dtype, groups, store)[0]
-                            for i in range(0, len(labels), 64)])
+        runs_of_64 = [run_engine(gen, labels[i:i + 64], options, seed + i, decode, a.window, a.dtype, groups, store)
+                      for i in range(0, len(labels), 64)]
+        tokens = torch.cat([run[0] for run in runs_of_64])
+        passes = np.mean([k for run in runs_of_64 for k in run[3]])
         images = to_uint8(imagelm.decode_tokens(tokens, tok).float())
         acc = class_accuracy(clf, images, labels.numpy())
         mu, sigma = feature_stats(features(clf, images))
-        print(f"  {name:<16} accuracy {acc:.3f}  FID {frechet_distance(mu, sigma, mu_r, sigma_r):.2f}", flush=True)
+        print(f"  {name:<16} accuracy {acc:.3f}  FID {frechet_distance(mu, sigma, mu_r, sigma_r):.2f}  "
+              f"passes/img {passes:.1f} ({L / passes:.2f} tokens a pass)", flush=True)
 
 
 def pass_cost(a):

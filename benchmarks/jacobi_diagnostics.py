@@ -7,12 +7,24 @@ would be accepted were its prefix right), the histogram of drafts accepted per p
 tokens per pass at temperature 1 and greedy (top-k 1), which separates the acceptance rule from
 the model's own sequential dependence.
 
-    python benchmarks/jacobi_diagnostics.py --ckpt runs/demo/gpt
+With `--chains M ...`, also the tokens per pass of M parallel Jacobi chains per image (a two-level
+draft tree: M drafts for a window's first slot, each with its own chain behind it, tried in turn by
+recursive rejection as in SpecInfer, arXiv 2305.09781, which keeps the distribution; then the
+accepted chain's slots as usual). It is what "tree drafts" could gain before paying for M times the
+verify rows. A reference simulation with full forwards (no cache), one sub-token, `--chain-images`
+images.
+
+With `--cost` (timed: run it alone on the CPU), where the time of one image's decoding goes: ms per
+plain step and per Jacobi pass, split into the model's forward, the acceptance (`jacobi.verify`)
+and the rest of the step, the mean over `--cost-images` single-image requests after warm-ups.
+
+    python benchmarks/jacobi_diagnostics.py --ckpt runs/demo/gpt [--chains 1 2 4 8] [--cost]
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import time
 
 import torch
 
@@ -20,7 +32,7 @@ import imagelm
 import imagelm.sampling.jacobi as jacobi
 from imagelm.runtime import cpu_description
 from imagelm.sampling.engine import Engine
-from imagelm.sampling.logits import SamplingOptions, guide
+from imagelm.sampling.logits import RowSampling, SamplingOptions, guide
 
 
 def sampling_distributions(gen, tokens, cond, cfg):
@@ -57,18 +69,131 @@ def jacobi_run(gen, cond, options, window):
     return per_pass, counts, torch.cat(overlaps).mean(0)
 
 
+def parallel_chains(gen, cond, options, window, chains, seed=0):
+    """Tokens per pass of `chains` Jacobi chains per image (see the module doc): cond [N] class ids."""
+    N, L, V, W = len(cond), gen.config.seq_len, gen.config.vocab_size, window
+    rng = torch.Generator().manual_seed(seed)
+
+    def distributions(seqs, c):                          # [B, L] tokens -> p [B, L, V]
+        with torch.no_grad():
+            x = guide(gen(seqs, c), gen(seqs, gen.null_cond(c)), torch.tensor(options.cfg_scale))
+        B = len(seqs)
+        rows = RowSampling.of([options] * (B * L), V, torch.device("cpu"))
+        return jacobi.slot_probs(x.float().reshape(B * L, 1, V), rows).view(B, L, V)
+
+    def draw(p):                                         # p [..., V] -> tokens [...]
+        return torch.multinomial(p.reshape(-1, V), 1, generator=rng).view(p.shape[:-1])
+
+    def coin(p_x, q_x):                                  # accept with min(1, p/q)
+        return bool(torch.rand((), generator=rng) < p_x / max(float(q_x), 1e-30))
+
+    def residual(p, q):
+        r = (p - q).clamp_min(0)
+        return r / r.sum() if r.sum() > 1e-12 else p
+
+    tokens = torch.zeros(N, L, dtype=torch.long)
+    first = distributions(tokens, cond)[:, 0]                                            # [N, V]
+    tokens[:, 0] = draw(first)
+    done, passes = [1] * N, [0] * N
+    drafts = [[draw(first[i].expand(W, V)) for _ in range(chains)] for i in range(N)]    # [W] each
+    proposals = [[first[i].expand(W, V) for _ in range(chains)] for i in range(N)]      # [W, V] each
+    while min(done) < L:
+        running = [i for i in range(N) if done[i] < L]
+        seqs = tokens[running].repeat_interleave(chains, 0).clone()
+        for j, i in enumerate(running):
+            k = min(W, L - done[i])
+            for b in range(chains):
+                seqs[j * chains + b, done[i]:done[i] + k] = drafts[i][b][:k]
+        P = distributions(seqs, cond[running].repeat_interleave(chains))
+        for j, i in enumerate(running):
+            g, k = done[i], min(W, L - done[i])
+            p = [P[j * chains + b, g:g + k] for b in range(chains)]                    # [k, V] per chain
+            r, chosen = p[0][0], None                    # the first slot's p is every chain's
+            for b in range(chains):
+                x = drafts[i][b][0]
+                if coin(r[x], proposals[i][b][0][x]):
+                    chosen = b
+                    break
+                r = residual(r, proposals[i][b][0])
+            taken = [draw(r)] if chosen is None else [drafts[i][chosen][0]]
+            for slot in range(1, k if chosen is not None else 1):
+                x, q = drafts[i][chosen][slot], proposals[i][chosen][slot]
+                if not coin(p[chosen][slot][x], q[x]):
+                    taken.append(draw(residual(p[chosen][slot], q)))
+                    break
+                taken.append(x)
+            t = len(taken)
+            tokens[i, g:g + t] = torch.stack(taken)
+            done[i], passes[i] = g + t, passes[i] + 1
+            for b in range(chains):                      # each chain re-drafts from its own p (coupled)
+                kept = [x if coin(p[b][s][x], proposals[i][b][s][x]) else int(draw(residual(p[b][s], proposals[i][b][s])))
+                        for s, x in enumerate(drafts[i][b][:k].tolist())]
+                fresh = draw(p[b][k - 1].expand(W, V))
+                drafts[i][b] = torch.cat([torch.tensor(kept[t:], dtype=torch.long), fresh])[:W]
+                proposals[i][b] = torch.cat([p[b][t:], p[b][k - 1].expand(W, V)])[:W]
+    return L / (sum(passes) / N)
+
+
+def step_cost(gen, options, decode, window, images):
+    """(ms per decode step, of which forward, of which verify, steps per image) of single-image
+    requests (class i % classes, seed i) through a fresh fp32 engine each, the prefill not counted."""
+    spent = {"forward": 0.0, "verify": 0.0}
+
+    def timed(name, f):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            out = f(*args, **kwargs)
+            spent[name] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    def run(seed):
+        engine = Engine(gen, rows=2, dtype="float32", decode=decode, window=window)
+        request = engine.submit(torch.tensor([seed % gen.config.num_classes]), options, seed=seed)
+        engine.step()                                    # the prefill
+        engine.model.logits = timed("forward", engine.model.logits)   # the engine's own prepared copy
+        steps, seconds = 0, 0.0
+        while not request.finished:
+            start = time.perf_counter()
+            engine.step()
+            seconds += time.perf_counter() - start
+            steps += 1
+        return steps, seconds
+
+    real = jacobi.verify
+    jacobi.verify = timed("verify", real)
+    try:
+        for seed in range(3):                            # warm-up
+            run(1000 + seed)
+        spent.update(forward=0.0, verify=0.0)
+        steps, seconds = map(sum, zip(*[run(seed) for seed in range(images)]))
+    finally:
+        jacobi.verify = real
+    return seconds / steps * 1e3, spent["forward"] / steps * 1e3, spent["verify"] / steps * 1e3, steps / images
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--window", type=int, default=16)
+    p.add_argument("--chains", type=int, nargs="*", default=[], help="parallel Jacobi chains per image to simulate")
+    p.add_argument("--chain-images", type=int, default=32)
+    p.add_argument("--cost", action="store_true", help="also time a plain step and a Jacobi pass (run alone)")
+    p.add_argument("--cost-images", type=int, default=10)
     a = p.parse_args()
     torch.set_num_threads(2)
     gen = imagelm.load(a.ckpt).eval()
     cond = torch.arange(a.n) % gen.config.num_classes
     options = SamplingOptions(cfg_scale=a.cfg)
     print(f"# {a.ckpt}: CPU {cpu_description()}, {a.n} images, CFG {a.cfg}, window {a.window}")
+    if a.cost:
+        print(f"cost at 1 image, fp32, mean of {a.cost_images} images (timed, first: before any large batch):")
+        for decode in ("plain", "jacobi"):
+            ms, forward, verify, steps = step_cost(gen, options, decode, a.window, a.cost_images)
+            print(f"  {decode:<6} {ms:.2f} ms a step (forward {forward:.2f}, acceptance {verify:.2f}, rest "
+                  f"{ms - forward - verify:.2f}), {steps:.1f} steps an image: {ms * steps:.0f} ms an image", flush=True)
     engine = Engine(gen, rows=2 * a.n, dtype="float32")
     request = engine.submit(cond, options, seed=0)
     engine.run()
@@ -82,6 +207,10 @@ def main() -> None:
     print("  drafts accepted per pass: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     greedy, _, _ = jacobi_run(gen, cond, SamplingOptions(cfg_scale=a.cfg, top_k=1), a.window)
     print(f"jacobi, greedy (top-k 1): {greedy:.2f} tokens per pass")
+    for m in a.chains:
+        per_pass = parallel_chains(gen, cond[:a.chain_images], options, a.window, m)
+        print(f"{m} parallel chains per image (simulated, {min(a.n, a.chain_images)} images, {m}x the verify rows): "
+              f"{per_pass:.2f} tokens per pass", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from imagelm.runtime import choose_sampling_dtype, seeded_generator
 from imagelm.sampling.autoregressive import SamplingOptions, generate
 from imagelm.sampling.conventions import CONVENTIONS, plan_sampling, resolve_conventions
 from imagelm.sampling.engine import COMPILE_CHOICES, DECODE_MODES, Engine
+from imagelm.sampling.jacobi import describe_passes
 from imagelm.sampling.masked import REMASK_RULES, generate_masked
 from imagelm.vocab import TokenLayout
 
@@ -223,10 +224,11 @@ def class_names_of(generator) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------ sampling
 def sample_tokens(generator, cond, n: int = 1, sampler: Sampler = Sampler(), seed: int = 0,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, say=None) -> torch.Tensor:
     """Sample `n` images per condition (cond: class ids [B] or a TextCondition of batch B)
     -> tokens [B * n, L, n_sub] int64, grouped by condition. Same seed, same tokens (same device,
-    same dtype); in float32 the engine and the plain sampler give the same tokens."""
+    same dtype); in float32 the engine and the plain sampler give the same tokens. `say` (if given)
+    gets a line on how many passes Jacobi decoding took."""
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     device = next(generator.parameters()).device
@@ -243,7 +245,10 @@ def sample_tokens(generator, cond, n: int = 1, sampler: Sampler = Sampler(), see
     if sampler.engine == "plain":
         return generate(generator, cond, options, seeded_generator(seed, device), progress=progress)
     rows = len(cond) * (2 if options.guided else 1)
-    return engine_for(generator, rows, sampler).generate(cond, options, seed, progress=progress)
+    request = engine_for(generator, rows, sampler).run_request(cond, options, seed, progress=progress)
+    if say is not None and request.jacobi is not None:
+        say(describe_passes(request.jacobi.passes, generator.config.seq_len))
+    return request.tokens
 
 
 def resolve_sampler(generator, sampler: Sampler) -> Sampler:
@@ -462,7 +467,7 @@ def sample_to_files(ckpt, out, classes=None, prompts=None, n: int = 4, sampler: 
     tok = (load_tokenizer(tokenizer, device) if tokenizer else
            load_linked_tokenizer(gen.meta, device, required=not tokens_out))
     say(describe_sampler(gen, sampler))
-    tokens = sample_tokens(gen, conds.cond, n, sampler, seed, progress)
+    tokens = sample_tokens(gen, conds.cond, n, sampler, seed, progress, say=say)
     if tokens_out:
         np.save(tokens_out, tokens.cpu().numpy())
         say(f"tokens {tuple(tokens.shape)}: {tokens_out}")

@@ -111,7 +111,12 @@ def test_jacobi_drafts_from_a_codes_directory_are_checked_against_the_generator(
     s = Sampler(SamplingOptions(cfg_scale=2.0), decode="jacobi", draft_codes=str(tiny_codes), dtype="float32")
     tokens = sample_tokens(gen, torch.tensor([0, 1]), 2, s, seed=0)
     assert tokens.shape == (4, gen.config.seq_len, 1)
-    assert torch.equal(tokens, sample_tokens(gen, torch.tensor([0, 1]), 2, s, seed=0))         # by seed
+    lines = []
+    assert torch.equal(tokens, sample_tokens(gen, torch.tensor([0, 1]), 2, s, seed=0, say=lines.append))  # by seed
+    L = gen.config.seq_len
+    (line,) = lines                                       # one report of the passes it took
+    mean = float(line.split(": ")[1].split(" passes")[0])
+    assert line.startswith("jacobi decoding:") and 1 <= mean <= L - 1 and f"{L - 1} tokens" in line
     with pytest.raises(ValueError, match="is not a codes directory"):
         images.draft_store(gen, tmp_path)
     other = build_generator(gpt_config("tiny", vocab_size=512, grid_size=8, num_classes=3)).eval()

@@ -273,11 +273,17 @@ class Engine:
     def generate(self, cond, options: SamplingOptions = SamplingOptions(), seed: int = 0,
                  progress: bool = False) -> torch.Tensor:
         """Submit one request and run it to the end: cond [B] or TextCondition -> tokens [B, L, n]."""
+        return self.run_request(cond, options, seed, progress).tokens
+
+    def run_request(self, cond, options: SamplingOptions = SamplingOptions(), seed: int = 0,
+                    progress: bool = False) -> Request:
+        """generate(), returning the finished Request (its tokens [B, L, n], and under Jacobi
+        decoding `request.jacobi.passes`, each image's verify passes)."""
         request = self.submit(cond, options, seed)
         self.run(progress)
         if request.error:
             raise EngineError(request.error)
-        return request.tokens
+        return request
 
     # ---------------------------------------------------------------- internals
     def _drop_cancelled(self) -> list[Request]:

@@ -185,6 +185,14 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, valid: torch.
     return Verdict(tokens, total, next_drafts, next_q)
 
 
+def describe_passes(passes: list[int], length: int) -> str:
+    """One line on a request's decoding: each image's verify passes (JacobiState.passes) for its
+    `length` tokens, of which the prefill samples the first."""
+    mean = sum(passes) / max(len(passes), 1)
+    return (f"jacobi decoding: {mean:.1f} passes an image on average for {length - 1} tokens (plain decoding: "
+            f"{length - 1} steps), {(length - 1) / max(mean, 1e-9):.2f} tokens a pass")
+
+
 # ---------------------------------------------------------------- drafts from stored codes
 class DraftStore:
     """Codes of stored images to draft from: tokens [N, L, n] int64, labels [N] int64 (or None), and
@@ -257,11 +265,13 @@ def draft_from_store(state, store: DraftStore, tokens: torch.Tensor, labels: lis
 @dataclass
 class JacobiState:
     """A request's windows: drafts [n, W, n_sub], proposals [n, W, n_sub, V], and each image's
-    number of tokens so far (host ints); for a DraftStore, per image: whether its window is a
-    stored continuation, and how many passes it drafts without the store (after a miss)."""
+    number of tokens so far and verify passes it has run (host ints, for reports: an image finished
+    early stops counting); for a DraftStore, per image: whether its window is a stored continuation,
+    and how many passes it drafts without the store (after a miss)."""
     drafts: torch.Tensor
     proposals: torch.Tensor
     progress: list[int]
+    passes: list[int]
     stored: list[bool]
     store_pause: list[int]
 
@@ -308,7 +318,7 @@ class JacobiDecoding:
             if r.known is not None:
                 index = (1 + torch.arange(W, device=e.device)).expand(r.n, W)
                 drafts = torch.where(at_indices(r.known, index)[..., None], at_indices(r.given, index), drafts)
-            r.jacobi = JacobiState(drafts, proposals, [1] * r.n, [False] * r.n, [0] * r.n)
+            r.jacobi = JacobiState(drafts, proposals, [1] * r.n, [0] * r.n, [False] * r.n, [0] * r.n)
             self._draft_from_store(r)
             start += r.n
 
@@ -373,6 +383,7 @@ class JacobiDecoding:
                 g, t = state.progress[i], totals[start + i]
                 r.tokens[i, g:g + t] = verdict.tokens[start + i, :t]
                 state.progress[i] = g + t
+                state.passes[i] += g < L
             state.drafts = next_drafts[start:start + r.n]
             state.proposals = verdict.proposals[start:start + r.n]
             r.generated = min(state.progress)

@@ -153,6 +153,22 @@ def test_rows_accept_different_numbers_and_finished_rows_are_reused():
     assert engine._jacobi.passes < 4 * 4 + 4                                        # fewer passes than tokens
 
 
+def test_each_image_counts_the_passes_it_ran_until_it_finished():
+    model = peaked_model()
+    L = model.config.seq_len
+    cond = torch.tensor([0, 1, 2])
+    one = Engine(model, rows=6, dtype="float32", decode="jacobi", window=1)
+    request = one.submit(cond, SamplingOptions(), seed=0)
+    one.run()
+    assert request.jacobi.passes == [L - 1] * 3                # one token a pass after the prefill's
+    wide = Engine(model, rows=6, dtype="float32", decode="jacobi", window=4)
+    request = wide.submit(cond, SamplingOptions(), seed=0)
+    wide.run()
+    passes = request.jacobi.passes
+    assert max(passes) == wide._jacobi.passes                   # the slowest image ran every pass
+    assert all(4 * k >= L - 1 for k in passes) and min(passes) < L - 1
+
+
 def test_residual_draw_is_the_normalised_residual():
     p = torch.tensor([[0.5, 0.3, 0.2]])
     q = torch.tensor([[0.2, 0.5, 0.3]])
