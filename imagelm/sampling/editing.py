@@ -152,6 +152,14 @@ def check_scale(value, name: str) -> None:
         raise ValueError(f"{name} must be a finite number >= 1, got {value!r}")
 
 
+def check_score_guidance(score_guidance, score: str) -> None:
+    """A one-line ValueError unless score_guidance is None, or a valid scale for a guided score."""
+    check_scale(score_guidance, "score_guidance")
+    if score_guidance is not None and not score.startswith("guided"):
+        raise ValueError(f"score_guidance sets the guided scores' scale; score {score!r} is not guided "
+                         "(use guided-kept or guided-joint)")
+
+
 def candidate_scores(conditional: torch.Tensor, null: torch.Tensor | None, known: torch.Tensor, score: str = "kept",
                      scales: torch.Tensor | None = None) -> torch.Tensor:
     """Every candidate score from per-position log-probabilities (token_log_probs): conditional [R, L]
@@ -182,10 +190,7 @@ def choose_candidates(model, cond, candidates: torch.Tensor, known: torch.Tensor
     class c). Ties go to the lowest candidate index."""
     B, K, L, n = candidates.shape
     check_score(score)
-    check_scale(score_guidance, "score_guidance")
-    if score_guidance is not None and not score.startswith("guided"):
-        raise ValueError(f"score_guidance sets the guided scores' scale; score {score!r} is not guided "
-                         "(use guided-kept or guided-joint)")
+    check_score_guidance(score_guidance, score)
     check_given(candidates[:, 0], known, len(cond), model.config.seq_len, model.config.num_subtokens)
     flat = candidates.reshape(B * K, L, n)
     scales = None
@@ -228,10 +233,7 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     check_score(score)
     check_scale(hole_cfg, "hole_cfg")
-    check_scale(score_guidance, "score_guidance")
-    if score_guidance is not None and not score.startswith("guided"):
-        raise ValueError(f"score_guidance sets the guided scores' scale; score {score!r} is not guided "
-                         "(use guided-kept or guided-joint)")
+    check_score_guidance(score_guidance, score)
     if bool(known.all()):
         return given.clone()
     device = given.device

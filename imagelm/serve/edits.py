@@ -5,21 +5,25 @@
 Parts: `image` and `mask` (files: PNG, JPEG, ...; the mask white = regenerate, black or transparent =
 keep, the same size as the image, which is the model's trained size), and the fields of `/v1/images`
 (class | prompt, n, cfg, cfg_schedule, cfg_interval, top_k, top_p, temperature, seed) plus
-`candidates` (AR candidate search, 1 = teacher forcing; n x candidates rows at most max_n) and
-`dilate` (tokens). Strict: form values are text, parsed as the JSON route's types ("3" is an integer
+`candidates` (AR candidate search, 1 = teacher forcing; n x candidates rows at most max_n), `score`,
+`score_guidance` and `hole_cfg` (how candidates are scored and the hole drawn, as `imagelm edit`'s
+flags of those names) and `dilate` (tokens). Strict: form values are text, parsed as the JSON route's types ("3" is an integer
 here, "3.5" is not); unknown, repeated or missing parts are 422 naming the part; a body over
 MAX_EDIT_BYTES is 413. The answer is /v1/images's JSON (base64 PNGs and the settings).
 
 One edit is one engine request of n x candidates rows with the kept tokens given (Engine.submit's
-given/known); the worker's decode thread then picks each image's best candidate (the likelihood of
-the kept tokens after the hole, sampling/editing.py), decodes, and pastes the kept pixels back, as
+given/known; drawn at `hole_cfg` when given); the worker's decode thread then picks each image's
+best candidate by `score` (default: the likelihood of the kept tokens after the hole,
+sampling/editing.py), decodes, and pastes the kept pixels back, as
 `imagelm edit` does with the same seed and dtype.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
+from typing import Literal
 
 from fastapi import Request
 from pydantic import Field, ValidationError, create_model
@@ -38,12 +42,17 @@ _INT = re.compile(r"[+-]?\d{1,19}")
 
 def edit_model(max_n: int, text: bool):
     """The pydantic model of an edit's fields (the files aside), strict like /v1/images's body."""
+    from imagelm.sampling.editing import SCORES
     what = "text-conditional: give prompt" if text else "class-conditional: give class"
     return create_model(
         "EditRequest", __config__=STRICT,
         class_=(int | str | None, Field(None, alias="class", description=f"class id or name ({what})")),
         prompt=(str | None, Field(None, min_length=1, max_length=MAX_PROMPT_CHARS, description=f"caption ({what})")),
         candidates=(int, Field(1, ge=1, le=MAX_CANDIDATES, description="AR candidates per image (cost knob)")),
+        score=(Literal[SCORES], Field("kept", description="how the candidates are scored (imagelm edit --score)")),
+        score_guidance=(float | None, Field(None, ge=1, description="the guided scores' constant scale S "
+                                                                   "(with score guided-kept / guided-joint)")),
+        hole_cfg=(float | None, Field(None, ge=1, description="the guidance the hole's candidates are drawn with")),
         dilate=(int, Field(0, ge=0, le=MAX_DILATE, description="also regenerate this many tokens around the mask")),
         **sampling_fields(max_n),
     )
@@ -75,7 +84,7 @@ def install_edit_route(app, service, generator, tokenizer, max_n: int, describe)
     from imagelm.data.transforms import to_tensor, to_uint8
     from imagelm.edits import decode_canvas, encode_canvas, feather_alpha, paste_back, read_image, read_mask
     from imagelm.images import layout_of
-    from imagelm.sampling.editing import choose_candidates, token_grid
+    from imagelm.sampling.editing import check_score_guidance, choose_candidates, token_grid
 
     config, text = generator.config, generator.config.cond == "text"
     layout, factor = layout_of(generator), tokenizer.config.downsample
@@ -110,7 +119,7 @@ def install_edit_route(app, service, generator, tokenizer, max_n: int, describe)
             if isinstance(part, UploadFile):
                 raise ApiError(422, name, "must be a text field, not a file")
             annotation = kinds[name]
-            kind = int if annotation is int else float if annotation is float else str
+            kind = int if annotation is int else float if annotation in (float, float | None) else str
             try:
                 values[name] = form_value(name, part, kind)
             except ValueError as e:
@@ -153,6 +162,10 @@ def install_edit_route(app, service, generator, tokenizer, max_n: int, describe)
         if not text and body.prompt is not None:
             raise ApiError(422, "prompt", "this model is class-conditional: give class (an id or a name), not prompt")
         n, K = body.n, body.candidates
+        try:
+            check_score_guidance(body.score_guidance, body.score)
+        except ValueError as e:
+            raise ApiError(422, "score_guidance", str(e)) from None
         if n * K > max_n:
             raise ApiError(422, "candidates", f"n x candidates is {n * K}; at most {max_n} rows a request on "
                            "this server")
@@ -164,19 +177,22 @@ def install_edit_route(app, service, generator, tokenizer, max_n: int, describe)
         known = (~regenerated).flatten()[None]                                          # [1, L]
         alpha = feather_alpha(mask, factor / 2)
         chosen = cond[::K]                                                              # one condition an image
+        options = sampling_options(body, service.generator)                             # the request's: scores
 
         def finish(tokens):
             """[n * K, L, n_sub] -> the best candidate of each image, decoded and pasted back: uint8 [n, H, W, 3]."""
             tokens = tokens.to(given.device)
             if K > 1:
                 tokens = choose_candidates(generator, chosen, tokens.view(n, K, *tokens.shape[1:]),
-                                           known.expand(n, -1).to(tokens.device))[0]
+                                           known.expand(n, -1).to(tokens.device), body.score, options,
+                                           score_guidance=body.score_guidance)[0]
             decoded = decode_canvas(tokenizer, tokens, config.grid_size, config.grid_size, layout)
             return to_uint8(paste_back(decoded, original, alpha))
 
-        settings.update(sampling_settings(body), candidates=K, dilate=body.dilate,
-                        regenerated_tokens=int(regenerated.sum()))
-        job = service.submit(request, cond, sampling_options(body, service.generator), body.seed,
+        settings.update(sampling_settings(body), candidates=K, score=body.score, score_guidance=body.score_guidance,
+                        hole_cfg=body.hole_cfg, dilate=body.dilate, regenerated_tokens=int(regenerated.sum()))
+        drawing = options if body.hole_cfg is None else dataclasses.replace(options, cfg_scale=body.hole_cfg)
+        job = service.submit(request, cond, drawing, body.seed,
                              given=given.expand(n * K, -1, -1).contiguous(),
                              known=known.expand(n * K, -1).contiguous(), decode=finish)
         images = await service.wait(request, job)

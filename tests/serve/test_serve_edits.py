@@ -37,13 +37,23 @@ def files(image=None, mask=None):
             "mask": ("mask.png", png(MASK) if mask is None else mask, "image/png")}
 
 
-def test_an_edit_keeps_the_unmasked_pixels_and_matches_imagelm_edit(client, tiny_generator, tmp_path):
+EDITS = [
+    ({}, []),
+    ({"score": "guided-joint", "score_guidance": "4", "hole_cfg": "3"},
+     ["--score", "guided-joint", "--score-guidance", "4", "--hole-cfg", "3"]),
+]
+
+
+@pytest.mark.parametrize("extra,flags", EDITS, ids=["kept", "guided-joint-S4-hole-cfg3"])
+def test_an_edit_keeps_the_unmasked_pixels_and_matches_imagelm_edit(client, tiny_generator, tmp_path, extra, flags):
     from imagelm.cli import main
-    data = {"class": "1", "n": "2", "candidates": "2", "seed": "5", "cfg": "2", "top_k": "50"}
+    data = {"class": "1", "n": "2", "candidates": "2", "seed": "5", "cfg": "2", "top_k": "50", **extra}
     r = client.post("/v1/images/edits", files=files(), data=data)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["settings"]["candidates"] == 2 and body["settings"]["regenerated_tokens"] == 4
+    assert body["settings"]["score"] == extra.get("score", "kept")
+    assert body["settings"]["hole_cfg"] == (float(extra["hole_cfg"]) if "hole_cfg" in extra else None)
     images = [decode_png(im["png_base64"]) for im in body["images"]]
     assert len(images) == 2 and images[0].shape == (16, 16, 3)
     far = np.ones((16, 16), dtype=bool)
@@ -54,9 +64,10 @@ def test_an_edit_keeps_the_unmasked_pixels_and_matches_imagelm_edit(client, tiny
     (tmp_path / "mask.png").write_bytes(png(MASK))
     assert main(["edit", "--ckpt", str(tiny_generator), "--image", str(tmp_path / "in.png"), "--mask",
                  str(tmp_path / "mask.png"), "--classes", "1", "--n", "2", "--candidates", "2", "--seed", "5",
-                 "--cfg", "2", "--top-k", "50", "--dtype", "float32", "--device", "cpu",
+                 "--cfg", "2", "--top-k", "50", "--dtype", "float32", "--device", "cpu", *flags,
                  "--out", str(tmp_path / "o.png"), "--each", str(tmp_path / "each")]) == 0
     cli = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tmp_path / "each").glob("*.png"))]
+    assert len(cli) == 2
     for a, b in zip(images, cli):
         np.testing.assert_array_equal(a, b)
 
@@ -76,6 +87,11 @@ BAD = [
     (dict(files=files(), data={"class": "zebra"}), 422, "class", "unknown class 'zebra'"),
     (dict(files=files(), data={"prompt": "a red circle"}), 422, "prompt", "class-conditional"),
     (dict(files=files(), data={"class": "0", "mask": "white"}), 422, "mask", "given more than once"),
+    (dict(files=files(), data={"class": "0", "score": "best"}), 422, "score", "kept"),
+    (dict(files=files(), data={"class": "0", "score": "guided-joint", "score_guidance": "0.5"}), 422,
+     "score_guidance", "greater than or equal to 1"),
+    (dict(files=files(), data={"class": "0", "score_guidance": "4"}), 422, "score_guidance", "is not guided"),
+    (dict(files=files(), data={"class": "0", "hole_cfg": "strong"}), 422, "hole_cfg", "should be a number"),
 ]
 
 
