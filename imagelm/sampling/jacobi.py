@@ -346,8 +346,15 @@ class JacobiDecoding:
         slot = torch.arange(W, device=device)
         positions = (e._positions[:R, None] + slot).clamp(max=max_seq - 1)              # [R, W]
         key_length = min(max_seq, P + max(progress_list) - 1 + W)
-        h = e.model.embed_tokens(row_inputs[:R])                                        # [R, W, dim]
-        logits = e.model.logits(h, positions, e.cache, key_length=key_length)           # [R, W, n, V]
+        running = running_rows(batch, progress_list, L)
+        if running is None:
+            h = e.model.embed_tokens(row_inputs[:R])                                    # [R, W, dim]
+            logits = e.model.logits(h, positions, e.cache, key_length=key_length)       # [R, W, n, V]
+        else:   # only the rows of unfinished images run; the others' logits stay 0 (no valid slot)
+            h = e.model.embed_tokens(row_inputs[running])                               # [R', W, dim]
+            part = e.model.logits(h, positions[running], e.cache, rows=running, key_length=key_length)
+            logits = part.new_zeros(R, *part.shape[1:])
+            logits[running] = part
         self.passes += 1
         index = progress[:, None] + slot                                                # token index per slot
         x = guided_window(logits, batch.read, batch.read_null, window_scales(batch.scales, progress, W))
@@ -397,6 +404,18 @@ class JacobiDecoding:
             return
         labels = r.cond.tolist() if isinstance(r.cond, torch.Tensor) else [None] * r.n
         draft_from_store(r.jacobi, self.store, r.tokens, labels, self.window, self.engine.length, accepted)
+
+
+def running_rows(batch, progress: list[int], length: int) -> torch.Tensor | None:
+    """The cache rows [R'] (ascending) of the images still decoding (progress < length), conditional
+    and null, when they are fewer than the batch's rows; None when every row runs. A request's images
+    finish after different numbers of passes, and the batch runs until its slowest: the finished
+    images' rows (and free ones) leave the forward instead of costing a full window each pass."""
+    live = [i for i, g in enumerate(progress) if g < length]
+    if not live:
+        return None
+    rows = torch.cat([batch.read[live], batch.read_null[live]]).unique()                  # sorted
+    return None if len(rows) == batch.rows else rows
 
 
 def first_window(x0: torch.Tensor, options: SamplingOptions, window: int, generator, device) -> tuple:

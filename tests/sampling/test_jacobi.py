@@ -169,6 +169,30 @@ def test_each_image_counts_the_passes_it_ran_until_it_finished():
     assert all(4 * k >= L - 1 for k in passes) and min(passes) < L - 1
 
 
+def test_finished_images_leave_the_verify_pass_with_the_same_tokens(monkeypatch):
+    model = peaked_model()
+    cond = torch.tensor([0, 1, 2, 0, 1])
+
+    def run():
+        engine = Engine(model, rows=10, dtype="float32", decode="jacobi", window=4)
+        seen = []
+        forward = engine.model.logits
+
+        def spy(h, *args, **kwargs):
+            seen.append(len(h))
+            return forward(h, *args, **kwargs)
+        engine.model.logits = spy
+        request = engine.submit(cond, SamplingOptions(cfg_scale=2.0), seed=7)
+        engine.run()
+        return request.tokens, seen[1:]                                   # after the prefill
+
+    tokens, rows = run()
+    assert rows[0] == 10 and min(rows) < 10 and min(rows) % 2 == 0        # cond + null rows of the live ones
+    monkeypatch.setattr(jacobi, "running_rows", lambda *args: None)       # every row, every pass
+    everything, all_rows = run()
+    assert set(all_rows) == {10} and torch.equal(tokens, everything)
+
+
 def test_residual_draw_is_the_normalised_residual():
     p = torch.tensor([[0.5, 0.3, 0.2]])
     q = torch.tensor([[0.2, 0.5, 0.3]])
