@@ -3,7 +3,8 @@
 For each trained class-conditional generator (`--ckpt`, with its data's built-in classifier from
 `imagelm train-features`), plain (one token per step) and Jacobi decoding through the same engine:
 - forward passes per image and mean tokens accepted per pass;
-- wall ms per image at 1 / 4 / 16 images (all admitted at once; a warm-up run first, not counted);
+- wall ms per image at 1 / 4 / 16 images (all admitted at once; a warm-up run first, not counted;
+  the medians of `--reps` runs, the decodes interleaved run by run);
 - with `--codes DIR` (the generator's training codes), also Jacobi decoding drafting from them;
 - with `--groups G ...`, also Jacobi decoding with the lossy grouped acceptance over G codes;
 - quality of `--per-class` samples of every class: the classifier's accuracy and FID on its
@@ -78,19 +79,21 @@ def trained(ckpt, clf_dir, data, a, options, codes=None):
     print(f"{'images':>6} {'decode':<9} {'passes/img':>10} {'tok/pass':>8} {'ms/img':>8} {'speed-up':>8}")
     for batch in a.batches:
         cond = torch.arange(batch) % gen.config.num_classes
-        row = {}
+        times = {decode: [] for decode in decodes}
+        passes = {decode: [] for decode in decodes}
         for decode in decodes:
             run_engine(gen, cond, options, 99, decode, a.window, a.dtype, groups, store)  # warm-up
-            times, passes = [], []
-            for rep in range(a.reps):
+        for rep in range(a.reps):        # interleaved, so a drift of the machine's speed hits every decode alike
+            for decode in decodes:
                 _, seconds, p, _ = run_engine(gen, cond, options, rep, decode, a.window, a.dtype, groups, store)
-                times.append(seconds)
-                passes.append(p)
-            ms = np.median(times) / batch * 1e3
-            row[decode] = ms
-            per_image = np.mean(passes)                  # every image of the batch runs in every pass
+                times[decode].append(seconds)
+                passes[decode].append(p)
+        for decode in decodes:
+            ms = np.median(times[decode]) / batch * 1e3
+            plain_ms = np.median(times["plain"]) / batch * 1e3
+            per_image = np.mean(passes[decode])          # every image of the batch runs in every pass
             print(f"{batch:>6} {decode:<9} {per_image:>10.1f} {L / per_image:>8.2f} {ms:>8.1f} "
-                  f"{row['plain'] / ms:>7.2f}x", flush=True)
+                  f"{plain_ms / ms:>7.2f}x", flush=True)
     # Quality: the same number of samples per class.
     size = getattr(getattr(tok, "config", None), "image_size", 32)
     real = build_dataset(data, image_size=size, split="test", length=1000)
