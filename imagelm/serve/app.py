@@ -165,10 +165,13 @@ def create_app(generator, tokenizer, *, rows: int = 32, dtype: str = "auto", max
 
     async def payload(job, settings, images) -> dict:
         pngs = await service.pngs(images)
-        return {"model": info["model"], "settings": settings,
+        body = {"model": info["model"], "settings": settings,
                 "images": [{"index": i, "width": int(img.shape[1]), "height": int(img.shape[0]),
                             "png_base64": base64.b64encode(png).decode()} for i, (img, png) in enumerate(zip(images, pngs))],
                 "seconds": round(time.monotonic() - job.submitted, 4)}
+        if job.request.jacobi is not None:          # under Jacobi decoding: each image's verify passes
+            body["jacobi_passes"] = list(job.request.jacobi.passes)
+        return body
 
     @app.post("/v1/images", responses={
         200: {"description": "JSON with base64 PNGs; image/png when n = 1 and asked; NDJSON progress when asked",

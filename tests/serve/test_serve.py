@@ -420,3 +420,5 @@ def test_jacobi_drafting_from_codes_serves_what_imagelm_sample_draws(tiny_genera
     assert len(cli) == len(api) == 2
     for a, b in zip(api, cli):
         np.testing.assert_array_equal(a, b)
+    passes = r.json()["jacobi_passes"]                   # each image's verify passes, after its first token
+    assert len(passes) == 2 and all(1 <= k <= gen.config.seq_len - 1 for k in passes)
