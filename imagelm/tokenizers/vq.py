@@ -77,7 +77,9 @@ class VectorQuantizer(nn.Module):
         # |z - e|^2 = |z|^2 + |e|^2 - 2 z.e
         dist = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * flat @ codebook.t()
         indices = dist.argmin(dim=1)
-        z_q = codebook[indices].view_as(z)
+        # index_select, not codebook[indices]: its backward on the CPU adds each code's gradients in a
+        # fixed order, so the same seed trains the same codebook run after run (indexing's does not).
+        z_q = codebook.index_select(0, indices).view_as(z)
         losses = {}
         if self.training:
             losses["codebook"] = F.mse_loss(z_q, z.detach())

@@ -28,6 +28,24 @@ def test_quantizer_straight_through_passes_gradient_unchanged():
     assert torch.allclose(z.grad, upstream)  # identity gradient through the quantiser
 
 
+def test_the_codebook_gradient_is_the_same_run_after_run():
+    # Many vectors share few codes, so a codebook row sums thousands of gradients: their order must
+    # not depend on threads (codebook[indices]'s backward on the CPU did, index_select's does not).
+    torch.manual_seed(0)
+    q = VectorQuantizer(codebook_size=8, code_dim=4).train()
+    z = torch.randn(64, 4, 16, 16)
+
+    def codebook_grad():
+        q.zero_grad()
+        _, _, losses = q(z)
+        (losses["codebook"] * 1e3).backward()
+        return q.embedding.weight.grad.clone()
+
+    first = codebook_grad()
+    assert first.abs().sum() > 0
+    assert all(torch.equal(first, codebook_grad()) for _ in range(5))
+
+
 def test_quantizer_losses_and_beta():
     q = VectorQuantizer(codebook_size=8, code_dim=4, l2_norm=False, commit_beta=0.25).train()
     _, _, losses = q(torch.randn(2, 4, 2, 2))
