@@ -151,12 +151,16 @@ def test_playground_paints_a_mask_and_shows_the_edited_images(server, tmp_path):
                                 " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 127; return n; }")
         assert 0 < painted < 256                          # some pixels masked, not all
         page.fill("#candidates", "2")
+        page.select_option("#score", "guided-joint")
+        page.fill("#score-guidance", "3")
+        page.fill("#hole-cfg", "3")
         page.click("#edit")
         page.wait_for_function("() => { const im = [...document.querySelectorAll('.card.edited img.result-image')];"
                                " return im.length === 2 && im.every(i => i.complete && i.naturalWidth === 16); }")
         assert page.locator(".card.failed").count() == 0
         settings = page.text_content(".card.edited .settings")
         assert "candidates: 2" in settings and "/v1/images/edits" in settings and "2 images in" in settings
+        assert 'score: "guided-joint"' in settings and "score_guidance: 3" in settings and "hole_cfg: 3" in settings
         # The corner, far from the stroke, is the uploaded picture's own pixels.
         corner = page.evaluate("""() => new Promise((resolve) => {
             const img = document.querySelector('.card.edited img.result-image');
