@@ -105,12 +105,24 @@ def draw_candidates(model, cond, given, known, K, seed):
     return drawn.view(len(cond), K, 16, 1)
 
 
-def test_candidate_search_keeps_the_best_scoring_candidate():
+def candidate_draws(cond, K, seed):
+    """A random model, two images' given tokens and mask, and K drawn candidates each
+    -> (model, given [2, 16, 1], known [2, 16], drawn [2, K, 16, 1])."""
     model = random_model()
-    cond = torch.tensor([1, 5])
-    given, known = given_known(2)
-    K = 4
-    drawn = draw_candidates(model, cond, given, known, K, seed=2)                            # the K candidates
+    given, known = given_known(len(cond))
+    return model, given, known, draw_candidates(model, cond, given, known, K, seed)
+
+
+def per_token_log_probs(model, cond, flat):
+    """By hand: log p(x_i | c, x<i) and log p(x_i | null, x<i) of flat [R, 16, 1] -> two [R, 16]."""
+    def one(c):
+        return model(flat, c).log_softmax(-1).gather(-1, flat.unsqueeze(-1))[..., 0, 0]
+    return one(cond), one(model.null_cond(cond))
+
+
+def test_candidate_search_keeps_the_best_scoring_candidate():
+    cond, K = torch.tensor([1, 5]), 4
+    model, given, known, drawn = candidate_draws(cond, K, seed=2)                     # the K candidates
     best, scores = choose_candidates(model, cond, drawn, known)
     assert torch.equal(best, drawn[torch.arange(2), scores.argmax(1)])
     assert torch.equal(inpaint(model, cond, given, known, GUIDED, seed=2, candidates=K, dtype="float32"), best)
@@ -127,9 +139,7 @@ def test_guided_score_is_the_cfg_tilted_log_likelihood(cond_kind):
     assert torch.equal(where, scored_positions(known, "joint"))
     assert torch.equal(scored_positions(known, "guided-kept"), scored_positions(known, "kept"))
 
-    def per_token(c):
-        return model(tokens, c).log_softmax(-1).gather(-1, tokens.unsqueeze(-1))[..., 0, 0]       # [B, L]
-    conditional, null = per_token(cond), per_token(model.null_cond(cond))
+    conditional, null = per_token_log_probs(model, cond, tokens)                            # [B, L] each
     scales = torch.linspace(1.0, 3.0, 16)                                     # a schedule: 1 at the first token
     expected = ((scales * conditional - (scales - 1) * null) * where).sum(1)
     assert torch.allclose(log_likelihood(model, cond, tokens, where, 1, scales), expected, atol=1e-4)
@@ -141,11 +151,8 @@ def test_guided_score_is_the_cfg_tilted_log_likelihood(cond_kind):
 
 
 def test_guided_candidate_search_scores_under_the_request_guidance():
-    model = random_model()
-    cond = torch.tensor([1, 5])
-    given, known = given_known(2)
-    K = 4
-    drawn = draw_candidates(model, cond, given, known, K, seed=3)
+    cond, K = torch.tensor([1, 5]), 4
+    model, given, known, drawn = candidate_draws(cond, K, seed=3)                     # the K candidates
     best, scores = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED)
     flat, where = drawn.reshape(2 * K, 16, 1), scored_positions(known, "joint").repeat_interleave(K, 0)
     expected = log_likelihood(model, cond.repeat_interleave(K), flat, where, scales=torch.full((16,), 2.0))
@@ -160,19 +167,9 @@ def test_guided_candidate_search_scores_under_the_request_guidance():
     assert torch.equal(unguided, choose_candidates(model, cond, drawn, known, "kept")[1])
 
 
-def per_token_log_probs(model, cond, flat):
-    """By hand: log p(x_i | c, x<i) and log p(x_i | null, x<i) of flat [R, 16, 1] -> two [R, 16]."""
-    def one(c):
-        return model(flat, c).log_softmax(-1).gather(-1, flat.unsqueeze(-1))[..., 0, 0]
-    return one(cond), one(model.null_cond(cond))
-
-
 def test_score_guidance_is_joint_plus_scaled_class_evidence():
-    model = random_model()
-    cond = torch.tensor([1, 5])
-    given, known = given_known(2)
-    K = 4
-    drawn = draw_candidates(model, cond, given, known, K, seed=4)
+    cond, K = torch.tensor([1, 5]), 4
+    model, given, known, drawn = candidate_draws(cond, K, seed=4)                     # the K candidates
     flat, cond_k = drawn.reshape(2 * K, 16, 1), cond.repeat_interleave(K)
     conditional, null = per_token_log_probs(model, cond_k, flat)                          # [8, 16] each
     joint_at = scored_positions(known, "joint").repeat_interleave(K, 0)
@@ -201,11 +198,8 @@ def test_score_guidance_is_joint_plus_scaled_class_evidence():
 
 
 def test_candidate_scores_from_stored_log_probs_match_the_scoring_passes():
-    model = random_model()
-    cond = torch.tensor([2, 3])
-    given, known = given_known(2)
-    K = 3
-    drawn = draw_candidates(model, cond, given, known, K, seed=5)
+    cond, K = torch.tensor([2, 3]), 3
+    model, given, known, drawn = candidate_draws(cond, K, seed=5)                     # the K candidates
     conditional, null = token_log_probs(model, cond.repeat_interleave(K), drawn.reshape(2 * K, 16, 1), null=True)
     known_k = known.repeat_interleave(K, 0)
     for score, options, scales in [("kept", None, None), ("joint", None, None), ("class", None, None),
