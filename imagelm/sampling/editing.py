@@ -8,7 +8,7 @@ A raster AR generator sees only the past: teacher forcing (draw the hole's token
 ones) ignores the kept tokens after the hole, which is where seams come from. The candidate search
 draws K candidates for the hole (one engine request of B * K images) and keeps, per image, the one
 under which the model gives the kept tokens after the hole the highest likelihood: one
-teacher-forced pass per candidate (`kept_log_likelihood`). Under the model this picks the
+teacher-forced pass per candidate (`choose_candidates`). Under the model this picks the
 candidate p(hole | before) proposes that best explains what follows; K is the cost knob (K decodes
 and K scoring passes per image; a pass is one teacher-forced forward, but in float32 through the
 model rather than the engine, so on CPU K passes measured about as long as the K bf16 decodes in
@@ -98,31 +98,6 @@ def token_log_probs(model, cond, tokens: torch.Tensor, batch_size: int = 256, nu
     return torch.cat(conditional)
 
 
-def log_likelihood(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256,
-                   scales: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum of the AR model's log p(token_i | condition, tokens < i) over the positions `where`:
-    cond (class ids [B] or a TextCondition), tokens [B, L, n], where [B, L] bool -> [B] float32.
-
-    scales [L] float (guidance scale per position; None = no guidance): token i counts as
-    s_i log p(x_i | c, x<i) - (s_i - 1) log p(x_i | null, x<i), a second forward under the null
-    condition; positions at scale 1 count their conditional log-probability."""
-    if scales is None or not bool((scales != 1).any()):
-        return (token_log_probs(model, cond, tokens, batch_size) * where).sum(1)
-    conditional, null = token_log_probs(model, cond, tokens, batch_size, null=True)     # [B, L] each
-    scales = scales.to(conditional)
-    return ((scales * conditional - (scales - 1) * null) * where).sum(1)
-
-
-def class_evidence(model, cond, tokens: torch.Tensor, where: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Sum over `where` of log p(x_i | c, x<i) - log p(x_i | null, x<i): cond, tokens [B, L, n], where
-    [B, L] bool -> [B] float32. Over every position from a point on, this is log p(c | x) - log p(c |
-    the tokens before that point) under the model's own implicit (Bayes) classifier, so among
-    candidates that share those earlier tokens it ranks by how surely the model reads the whole image
-    as class c."""
-    conditional, null = token_log_probs(model, cond, tokens, batch_size, null=True)     # [B, L] each
-    return ((conditional - null) * where).sum(1)
-
-
 def scored_positions(known: torch.Tensor, score: str = "kept") -> torch.Tensor:
     """Which positions a candidate is scored on: known [B, L] bool -> [B, L] bool.
 
@@ -186,8 +161,8 @@ def choose_candidates(model, cond, candidates: torch.Tensor, known: torch.Tensor
     log-likelihood of `scored_positions(known, score)`, for the guided scores under `options`'
     guidance scales (its schedule and interval; None or cfg_scale 1: no guidance, the plain score) or,
     with `score_guidance` S, at the constant scale S (guided-joint at S = joint + (S - 1) class);
-    "class" is `class_evidence` over the joint positions (the model's own belief that the image is
-    class c). Ties go to the lowest candidate index."""
+    "class" is log p(x | c) - log p(x | null) over the joint positions (the model's own belief that
+    the image is class c). Ties go to the lowest candidate index."""
     B, K, L, n = candidates.shape
     check_score(score)
     check_score_guidance(score_guidance, score)

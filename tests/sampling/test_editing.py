@@ -10,8 +10,8 @@ from imagelm.api import sample
 from imagelm.models import build_generator, gpt_config
 from imagelm.models.conditioning import TextCondition
 from imagelm.sampling.autoregressive import SamplingOptions, generate
-from imagelm.sampling.editing import (candidate_scores, choose_candidates, class_evidence, first_unknown, inpaint,
-                                      log_likelihood, scored_positions, token_grid, token_log_probs)
+from imagelm.sampling.editing import (candidate_scores, choose_candidates, first_unknown, inpaint, scored_positions,
+                                      token_grid, token_log_probs)
 from imagelm.sampling.masked import generate_masked
 
 
@@ -91,7 +91,8 @@ def test_log_likelihood_is_the_teacher_forced_sum_over_the_chosen_positions():
     where = scored_positions(known, "kept")
     logp = model(tokens, cond).log_softmax(-1).gather(-1, tokens.unsqueeze(-1))[..., 0, 0]     # [B, L]
     expected = (logp * where).sum(1)
-    assert torch.allclose(log_likelihood(model, cond, tokens, where, batch_size=1), expected, atol=1e-5)
+    scored = candidate_scores(token_log_probs(model, cond, tokens, batch_size=1), None, known, "kept")
+    assert torch.allclose(scored, expected, atol=1e-5)
     start = first_unknown(known)
     for b in range(2):   # kept: known and after the first hole; joint: everything from the first hole on
         assert not where[b, :start[b] + 1].any() and torch.equal(where[b, start[b]:], known[b, start[b]:])
@@ -142,12 +143,13 @@ def test_guided_score_is_the_cfg_tilted_log_likelihood(cond_kind):
     conditional, null = per_token_log_probs(model, cond, tokens)                            # [B, L] each
     scales = torch.linspace(1.0, 3.0, 16)                                     # a schedule: 1 at the first token
     expected = ((scales * conditional - (scales - 1) * null) * where).sum(1)
-    assert torch.allclose(log_likelihood(model, cond, tokens, where, 1, scales), expected, atol=1e-4)
-    plain = log_likelihood(model, cond, tokens, where)
-    assert torch.allclose(log_likelihood(model, cond, tokens, where, scales=torch.ones(16)), plain)
+    passes = token_log_probs(model, cond, tokens, batch_size=1, null=True)               # [B, L] each
+    assert torch.allclose(candidate_scores(*passes, known, "guided-joint", scales), expected, atol=1e-4)
+    plain = candidate_scores(passes[0], None, known, "joint")
+    assert torch.allclose(candidate_scores(passes[0], None, known, "guided-joint", torch.ones(16)), plain)
     assert not torch.allclose(expected, plain)                                 # the null pass does count
     evidence = ((conditional - null) * where).sum(1)                           # log p(c|x) - log p(c|x<hole)
-    assert torch.allclose(class_evidence(model, cond, tokens, where, batch_size=1), evidence, atol=1e-4)
+    assert torch.allclose(candidate_scores(*passes, known, "class"), evidence, atol=1e-4)
 
 
 def test_guided_candidate_search_scores_under_the_request_guidance():
@@ -155,13 +157,14 @@ def test_guided_candidate_search_scores_under_the_request_guidance():
     model, given, known, drawn = candidate_draws(cond, K, seed=3)                     # the K candidates
     best, scores = choose_candidates(model, cond, drawn, known, "guided-joint", GUIDED)
     flat, where = drawn.reshape(2 * K, 16, 1), scored_positions(known, "joint").repeat_interleave(K, 0)
-    expected = log_likelihood(model, cond.repeat_interleave(K), flat, where, scales=torch.full((16,), 2.0))
+    conditional, null = per_token_log_probs(model, cond.repeat_interleave(K), flat)          # [8, 16] each
+    expected = ((2.0 * conditional - (2.0 - 1) * null) * where).sum(1)                       # the request's s = 2
     assert torch.allclose(scores, expected.view(2, K), atol=1e-5)
     assert torch.equal(best, drawn[torch.arange(2), scores.argmax(1)])
     out = inpaint(model, cond, given, known, GUIDED, seed=3, candidates=K, score="guided-joint", dtype="float32")
     assert torch.equal(out, best) and torch.equal(out[known], given[known])
     _, evidence = choose_candidates(model, cond, drawn, known, "class", GUIDED)
-    assert torch.allclose(evidence, class_evidence(model, cond.repeat_interleave(K), flat, where).view(2, K))
+    assert torch.allclose(evidence, ((conditional - null) * where).sum(1).view(2, K))
     # Unguided options (or none): the guided score is the plain one.
     _, unguided = choose_candidates(model, cond, drawn, known, "guided-kept", SamplingOptions(cfg_scale=1.0))
     assert torch.equal(unguided, choose_candidates(model, cond, drawn, known, "kept")[1])
