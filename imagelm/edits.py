@@ -34,7 +34,7 @@ from imagelm.images import (Sampler, as_condition, check_tokenizer_fits, engine_
 from imagelm.models.conditioning import TextCondition
 from imagelm.runtime import seeded_generator
 from imagelm.sampling.canvas import generate_canvas, generate_masked_canvas
-from imagelm.sampling.editing import inpaint, token_grid
+from imagelm.sampling.editing import drawing_options, inpaint, token_grid
 from imagelm.vocab import TokenLayout
 
 MASK_THRESHOLD = 128
@@ -232,7 +232,7 @@ def fill_tokens(generator, cond, given: torch.Tensor | None, known: torch.Tensor
             known = torch.zeros(B, g * g, dtype=torch.bool, device=device)
         engine = None
         if not masked and sampler.engine == "engine":
-            guided = options.guided or (hole_cfg is not None and hole_cfg != 1)
+            guided = drawing_options(options, hole_cfg).guided                          # rows for the draws
             engine = engine_for(generator, B * candidates * (2 if guided else 1), sampler)
         return inpaint(generator, cond, given.to(device), known.to(device), options, seed, candidates, score,
                        sampler.steps, sampler.engine, engine=engine, progress=progress,
@@ -290,8 +290,8 @@ def edit(generator, image, mask, cond=None, n: int = 1, *, tokenizer=None, sampl
     sampling/editing.SCORES ("kept", "joint", "guided-kept", "guided-joint", "class"; the guided
     ones under this call's guidance, or at the constant scale score_guidance S >= 1: guided-joint at
     S = joint + (S - 1) class, from the same scoring passes, so free); hole_cfg: the guidance scale the
-    hole's candidates are drawn with (default cfg_scale; the scores keep cfg_scale); dilate: grow the regenerated tokens by this
-    many; feather: seam width in pixels (default half a token); sampler / **sampling: how tokens are
+    hole's candidates are drawn with (default cfg_scale; the scores keep cfg_scale); dilate: grow the
+    regenerated tokens by this many; feather: seam width in pixels (default half a token); sampler / **sampling: how tokens are
     drawn (see the module doc). All-black masks return the input's tokens; with an all-white mask and
     candidates=1 the tokens are imagelm.sample's for the same seed.
     """

@@ -135,6 +135,13 @@ def check_score_guidance(score_guidance, score: str) -> None:
                          "(use guided-kept or guided-joint)")
 
 
+def drawing_options(options: SamplingOptions, hole_cfg: float | None) -> SamplingOptions:
+    """The options the hole's candidates are drawn with: `options` at guidance scale hole_cfg (its
+    schedule and interval kept), or `options` itself when hole_cfg is None."""
+    check_scale(hole_cfg, "hole_cfg")
+    return options if hole_cfg is None else dataclasses.replace(options, cfg_scale=float(hole_cfg))
+
+
 def candidate_scores(conditional: torch.Tensor, null: torch.Tensor | None, known: torch.Tensor, score: str = "kept",
                      scales: torch.Tensor | None = None) -> torch.Tensor:
     """Every candidate score from per-position log-probabilities (token_log_probs): conditional [R, L]
@@ -207,12 +214,11 @@ def inpaint(model, cond, given: torch.Tensor, known: torch.Tensor, options: Samp
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     check_score(score)
-    check_scale(hole_cfg, "hole_cfg")
+    drawing = drawing_options(options, hole_cfg)
     check_score_guidance(score_guidance, score)
     if bool(known.all()):
         return given.clone()
     device = given.device
-    drawing = options if hole_cfg is None else dataclasses.replace(options, cfg_scale=float(hole_cfg))
     if getattr(model, "kind", "ar") == "mlm":
         if candidates != 1:
             raise ValueError("candidate search is for AR generators; a masked generator sees every kept "

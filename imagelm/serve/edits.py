@@ -20,7 +20,6 @@ sampling/editing.py), decodes, and pastes the kept pixels back, as
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import re
 from typing import Literal
@@ -84,7 +83,7 @@ def install_edit_route(app, service, generator, tokenizer, max_n: int, describe)
     from imagelm.data.transforms import to_tensor, to_uint8
     from imagelm.edits import decode_canvas, encode_canvas, feather_alpha, paste_back, read_image, read_mask
     from imagelm.images import layout_of
-    from imagelm.sampling.editing import check_score_guidance, choose_candidates, token_grid
+    from imagelm.sampling.editing import check_score_guidance, choose_candidates, drawing_options, token_grid
 
     config, text = generator.config, generator.config.cond == "text"
     layout, factor = layout_of(generator), tokenizer.config.downsample
@@ -191,7 +190,7 @@ def install_edit_route(app, service, generator, tokenizer, max_n: int, describe)
 
         settings.update(sampling_settings(body), candidates=K, score=body.score, score_guidance=body.score_guidance,
                         hole_cfg=body.hole_cfg, dilate=body.dilate, regenerated_tokens=int(regenerated.sum()))
-        drawing = options if body.hole_cfg is None else dataclasses.replace(options, cfg_scale=body.hole_cfg)
+        drawing = drawing_options(options, body.hole_cfg)
         job = service.submit(request, cond, drawing, body.seed,
                              given=given.expand(n * K, -1, -1).contiguous(),
                              known=known.expand(n * K, -1).contiguous(), decode=finish)
