@@ -88,9 +88,9 @@ def trained(ckpt, clf_dir, data, a, options, codes=None):
                 _, seconds, p, _ = run_engine(gen, cond, options, rep, decode, a.window, a.dtype, groups, store)
                 times[decode].append(seconds)
                 passes[decode].append(p)
+        plain_ms = np.median(times["plain"]) / batch * 1e3
         for decode in decodes:
             ms = np.median(times[decode]) / batch * 1e3
-            plain_ms = np.median(times["plain"]) / batch * 1e3
             per_image = np.mean(passes[decode])          # every image of the batch runs in every pass
             print(f"{batch:>6} {decode:<9} {per_image:>10.1f} {L / per_image:>8.2f} {ms:>8.1f} "
                   f"{plain_ms / ms:>7.2f}x", flush=True)
