@@ -26,6 +26,9 @@ Stages (each reuses what a previous invocation finished, and each fits in ~15 mi
           and the pictures docs/edit_expand.png and docs/edit_inpaint.png.
 - grid:   docs/edit_inpaint.png alone, from the eval stages' pictures (no timing).
 - report: WORK/report.md (the tables, benchmarks/edit_report.py) from the JSON the stages wrote.
+
+The eval stage's code is benchmarks/edit_eval.py (a `Setting` per data set, hole and split, and
+`evaluate`); benchmarks/edit_selection.py reuses it to try other choices among the candidates.
 """
 from __future__ import annotations
 
@@ -186,168 +189,6 @@ def shown_key(name: str) -> str:
     return name.replace(" ", "_")
 
 
-def evaluate(work: Path, data: str, hole: int = HOLE, split: str = "eval", sweep_only: bool = False,
-             hole_cfgs=HOLE_CFGS) -> None:
-    """Class-changing inpainting of the held-out centre by every method: WORK/DATA/eval.json (see
-    eval_file) and a few of the pictures (eval_images.npz).
-
-    The AR methods share their draws: each image's max(CANDIDATES) candidates come from one engine
-    request (what `inpaint` submits for K candidates); teacher forcing is candidate 1, and "K
-    candidates, score S" is the best of candidates 1..K by S (`choose_candidates`, what `inpaint`
-    runs after its draw). So the methods are compared on the same draws (paired), and every K and
-    score costs one draw. The sweep (SCORE_GUIDANCES, HOLE_CFGS) adds one draw per hole guidance G,
-    with the same seeds, and scores every row from one conditional and one null scoring pass per draw
-    set (candidate_scores; checked against choose_candidates once). split "val": the validation
-    images (see VAL_IMAGES; no masked generator, no pictures) -> WORK/DATA/val.json. sweep_only: the
-    reported images without the masked generator, the timed score rows and the pictures, every AR
-    row from the stored log-probabilities (a shared CPU's budget) -> WORK/DATA/sweep.json."""
-    import imagelm
-    from imagelm.data.transforms import to_tensor, to_uint8
-    from imagelm.edits import decode_canvas, encode_canvas, feather_alpha, paste_back
-    from imagelm.eval.classifier import predict
-    from imagelm.eval.features import ClassifierFeatures
-    from imagelm.eval.fid import fid
-    from imagelm.eval.seams import seam_score
-    from imagelm.sampling.autoregressive import SamplingOptions
-    from imagelm.sampling.editing import candidate_scores, choose_candidates, inpaint, token_log_probs
-    from imagelm.sampling.engine import Engine
-    from imagelm.tokenizers import load_tokenizer
-    d = work / data
-    tok = load_tokenizer(d / "vq")
-    # A generator whose training has not finished is left out of the table (and said so), never half-trained.
-    models = {kind: imagelm.load(d / kind) for kind in ("ar", "mlm") if finished(d / kind, GENERATOR_STEPS)}
-    missing = [kind for kind in ("ar", "mlm") if kind not in models]
-    if missing:
-        print(f"{data}: not trained to {GENERATOR_STEPS} steps, left out: {', '.join(missing)}", flush=True)
-    net = ClassifierFeatures(d / "classifier")
-    validation = split == "val"
-    quick = validation or sweep_only            # no masked generator, no timed rows, no pictures
-    real, labels = held_out(data, VAL_IMAGES, EVAL_IMAGES) if validation else held_out(data, EVAL_IMAGES)
-    reference, _ = held_out(data, 1000)                 # the FID reference: real held-out images
-    ref_feats = net(reference)[0]
-    C = len(net.class_names)
-    rng = np.random.default_rng(SEED + 1 if validation else SEED)
-    requested = (labels + rng.integers(1, C, len(labels))) % C                          # never the own class
-    pixel_mask, holed = centre_masks(hole)
-    alpha = feather_alpha(pixel_mask, 2.0)
-    originals = to_tensor(real)                                                        # [N, 3, 32, 32]
-    given = encode_canvas(tok, originals, 1)                                           # [N, 64, 1]
-    known = (~holed)[None].expand(len(real), -1).contiguous()
-    options = SamplingOptions(cfg_scale=CFG, top_p=TOP_P)
-    rows = [{"method": "real held-out images (unedited; accuracy = their own class)", "images": len(real),
-             "accuracy": float((predict(net.net, real) == labels).mean()), "fid": None,
-             "seam": seam_score(real, pixel_mask.numpy()), "seconds": None}]
-    shown = {"real": real[:8], "requested": requested[:8]}
-
-    def pictures(tokens):                                            # [N, 64, 1] -> uint8 [N, 32, 32, 3]
-        return to_uint8(paste_back(decode_canvas(tok, tokens, 8, 8), originals[:len(tokens)], alpha))
-
-    def judged(name, tokens, seconds, **extra):
-        assert torch.equal(tokens[known], given[known]), "a kept token changed"
-        images = pictures(tokens)
-        correct = predict(net.net, images) == requested
-        rows.append({"method": name, "images": len(real), **extra, "correct": correct.astype(int).tolist(),
-                     "accuracy": float(correct.mean()),
-                     "fid": fid(net(images)[0], ref_feats), "seam": seam_score(images, pixel_mask.numpy()),
-                     "seconds": None if seconds is None else round(seconds, 2)})
-        shown[shown_key(name)] = images[:8]
-        print(f"{data}: {name}: accuracy {rows[-1]['accuracy']:.3f} FID {rows[-1]['fid']:.2f} "
-              f"seam {rows[-1]['seam']:.3f}", flush=True)
-
-    if "mlm" in models and not quick:
-        start, out = time.time(), []
-        for c in range(0, len(real), CHUNK):
-            part = slice(c, c + CHUNK)
-            out.append(inpaint(models["mlm"], torch.from_numpy(requested[part]), given[part], known[part], options,
-                               seed=SEED + c, steps=MLM_STEPS))
-        judged(f"masked generator (MaskGIT, {MLM_STEPS} steps)", torch.cat(out), time.time() - start,
-               engine="float32")
-    draw_seconds, sweep_seconds = None, None
-    if "ar" in models:
-        model, K = models["ar"], max(CANDIDATES)
-        engine = Engine(model, rows=CHUNK * K * 2, dtype="auto")
-
-        def draw(hole_cfg=None):                                                    # -> [N, K, 64, 1]
-            out = []
-            for c in range(0, len(real), CHUNK):
-                part = slice(c, c + CHUNK)
-                cond = torch.from_numpy(requested[part]).repeat_interleave(K)
-                tokens = inpaint(model, cond, given[part].repeat_interleave(K, 0), known[part].repeat_interleave(K, 0),
-                                 options, seed=SEED + c, engine=engine, hole_cfg=hole_cfg)   # [b * K, 64, 1]
-                out.append(tokens.view(-1, K, *tokens.shape[1:]))
-            return torch.cat(out)
-
-        start = time.time()
-        drawn = draw()                                                               # [N, K, 64, 1]
-        draw_seconds = time.time() - start
-        cond = torch.from_numpy(requested)
-        # The ceiling of any choice among the draws: images with at least one of their first k
-        # candidates judged the requested class. It asks the judge, so it is a bound, not a method.
-        def ceiling_of(drawn):
-            hits = np.stack([predict(net.net, pictures(drawn[:, j].contiguous())) == requested
-                             for j in range(K)], 1)                                      # [N, K]
-            return {k: float(hits[:, :k].any(1).mean()) for k in CANDIDATES}
-        ceiling = ceiling_of(drawn)
-        judged(method_name(1, "kept"), drawn[:, 0].contiguous(), None, candidates=1, engine=engine.dtype)
-        if not quick:                       # the score rows as `inpaint` runs them, timed
-            for k in CANDIDATES:
-                for score in SCORE_NAMES:
-                    start = time.time()
-                    tokens = choose_candidates(model, cond, drawn[:, :k], known, score, options)[0]
-                    judged(method_name(k, score), tokens, time.time() - start, candidates=k, score=score,
-                           engine=engine.dtype)
-        start, sweep_ceilings = time.time(), {}
-        cond_k, known_k = cond.repeat_interleave(K), known.repeat_interleave(K, 0)
-        for g in hole_cfgs:
-            hole_cfg = None if g == CFG else g
-            if hole_cfg is not None:
-                drawn = draw(hole_cfg)
-                sweep_ceilings[f"{g:g}"] = ceiling_of(drawn)
-                judged(method_name(1, "kept", None, hole_cfg), drawn[:, 0].contiguous(), None, candidates=1,
-                       hole_cfg=hole_cfg, engine=engine.dtype)
-            flat = drawn.reshape(-1, *drawn.shape[2:])                               # [N*K, 64, 1]
-            conditional, null = token_log_probs(model, cond_k, flat, null=True)      # [N*K, 64] each
-            if hole_cfg is None:                                                     # the shortcut = inpaint's path
-                s = SCORE_GUIDANCES[1]
-                direct = choose_candidates(model, cond, drawn[:, :DEFAULT_K], known, "guided-joint", options,
-                                           score_guidance=s)[1]
-                stored = candidate_scores(conditional, null, known_k, "guided-joint",
-                                          torch.full((64,), s)).view(-1, K)[:, :DEFAULT_K]
-                assert torch.allclose(direct, stored, rtol=1e-4, atol=1e-2), "stored scores differ from inpaint's"
-            for score in SWEEP_SCORES:
-                scales = SCORE_GUIDANCES if score == "guided-joint" else (None,)
-                for sg in scales:
-                    if sg is not None and hole_cfg is None and sg == CFG and not quick:
-                        continue                    # the request's guided-joint row above
-                    values = candidate_scores(conditional, null, known_k, score,
-                                              None if sg is None else torch.full((64,), sg)).view(-1, K)
-                    for k in CANDIDATES:
-                        if hole_cfg is None and sg is None and not quick:
-                            continue                # kept / joint / class at CFG: the rows above
-                        best = values[:, :k].argmax(1)
-                        tokens = drawn[torch.arange(len(drawn)), best]
-                        judged(method_name(k, score, sg, hole_cfg), tokens, None, candidates=k, score=score,
-                               score_guidance=sg, hole_cfg=hole_cfg, engine=engine.dtype)
-        sweep_seconds = time.time() - start
-    lo = (8 - hole) // 2
-    result = {"data": data, "cpu": cpu_kind(), "held_out_images": len(real), "reference_images": len(reference),
-              "hole": hole, "hole_tokens": f"{hole}x{hole} tokens (rows/cols {lo}..{lo + hole - 1} of 8x8, "
-              f"{4 * hole}x{4 * hole} of 32x32 px)",
-              "kept_fraction": float(known[0].float().mean()),
-              "options": {"cfg_scale": CFG, "top_p": TOP_P, "mlm_steps": MLM_STEPS, "feather_px": 2},
-              "ar_draw_seconds": None if draw_seconds is None else round(draw_seconds, 2),
-              "ar_draw_candidates": max(CANDIDATES),
-              "ceiling_accuracy": ceiling if "ar" in models else None,
-              "sweep_ceiling_accuracy": sweep_ceilings if "ar" in models else None,
-              "sweep_seconds": None if sweep_seconds is None else round(sweep_seconds, 2),
-              "split": split, "hole_cfgs": list(hole_cfgs), "score_guidances": list(SCORE_GUIDANCES),
-              "classifier_heldout_accuracy": net.net.meta.get("heldout_accuracy"),
-              "class_names": list(net.class_names), "left_out": missing, "rows": rows}
-    eval_file(d, hole, "val" if validation else "sweep" if sweep_only else "eval").write_text(json.dumps(result, indent=2))
-    if not quick:
-        np.savez(eval_file(d, hole, "eval_images", "npz"), **shown)
-
-
 # ------------------------------------------------------------------------------ canvases
 STRIDES = (1, 2)
 CANVAS_IMAGES = 16
@@ -467,6 +308,7 @@ def main(argv=None) -> int:
     elif a.stage == "eval":
         if a.hole_cfgs[0] != CFG:
             p.error(f"--hole-cfgs must start with the request's CFG {CFG:g}")
+        from edit_eval import evaluate
         evaluate(work, a.data, a.hole, a.split, a.sweep_only, tuple(a.hole_cfgs))
     elif a.stage == "canvas":
         canvas(work)
