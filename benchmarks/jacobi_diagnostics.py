@@ -5,7 +5,10 @@ model's sampling distribution p (teacher forced on those samples); then, under J
 `--n` images, the overlap sum min(p, q) of each window slot's proposal q with p (the chance a draft
 would be accepted were its prefix right), the histogram of drafts accepted per pass, and the
 tokens per pass at temperature 1 and greedy (top-k 1), which separates the acceptance rule from
-the model's own sequential dependence.
+the model's own sequential dependence. And how often the token drawn at a window's rejection (from
+the residual) is among the m most likely tokens of that slot's proposal besides the draft: the
+share of passes a tree that put those m guesses beside each draft (and verified what follows them
+in the same pass) would gain a token by.
 
 With `--chains M ...`, also the tokens per pass of M parallel Jacobi chains per image (a two-level
 draft tree: M drafts for a window's first slot, each with its own chain behind it, tried in turn by
@@ -42,14 +45,28 @@ def sampling_distributions(gen, tokens, cond, cfg):
     return x.softmax(-1)[:, :, 0]
 
 
+GUESSES = (1, 2, 4, 8)
+
+
 def jacobi_run(gen, cond, options, window):
-    """(tokens per pass, accepted drafts per pass histogram, mean overlap per slot) of one request."""
-    real, counts, overlaps = jacobi.verify, collections.Counter(), []
+    """(tokens per pass, accepted drafts per pass histogram, mean overlap per slot, guesses) of one
+    request. guesses[m]: the image-passes whose window ends in a rejection with the residual draw
+    among the m most likely tokens of that slot's proposal q other than its draft (tokens a
+    two-level tree could have put beside the draft, before the pass, to verify what follows them)."""
+    real, counts, overlaps, guesses = jacobi.verify, collections.Counter(), [], collections.Counter()
 
     def recording(p, q, drafts, valid, *rest, **kw):
         verdict = real(p, q, drafts, valid, *rest, **kw)
         counts.update(c - 1 for c in verdict.count.tolist() if c > 0)   # drafts accepted; 0: an image done
         overlaps.append(torch.minimum(p, q).sum(-1)[..., 0])
+        slot = (verdict.count - 1).clamp_min(0)                          # the window's last token
+        at = torch.arange(len(slot))
+        residual, draft = verdict.tokens[at, slot, 0], drafts[at, slot, 0]
+        rejected = (verdict.count > 0) & (residual != draft)             # a residual never equals its draft
+        ranked = q[at, slot, 0].scatter(-1, draft[:, None], -1.0).argsort(-1, descending=True)   # draft last
+        for m in GUESSES:
+            guesses[m] += int(((ranked[:, :m] == residual[:, None]).any(1) & rejected).sum())
+        guesses["passes"] += int((verdict.count > 0).sum())
         return verdict
 
     jacobi.verify = recording
@@ -66,7 +83,7 @@ def jacobi_run(gen, cond, options, window):
     finally:
         jacobi.verify = real
     per_pass = gen.config.seq_len / (sum(done) / len(done))
-    return per_pass, counts, torch.cat(overlaps).mean(0)
+    return per_pass, counts, torch.cat(overlaps).mean(0), guesses
 
 
 def parallel_chains(gen, cond, options, window, chains, seed=0):
@@ -201,11 +218,13 @@ def main() -> None:
     entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
     print(f"p on plain samples: mean entropy {entropy.mean():.3f} nats, mean top-1 probability "
           f"{probs.max(-1).values.mean():.3f}")
-    per_pass, counts, overlap = jacobi_run(gen, cond, options, a.window)
+    per_pass, counts, overlap, guesses = jacobi_run(gen, cond, options, a.window)
     print(f"jacobi, temperature 1: {per_pass:.2f} tokens per pass")
     print("  overlap sum min(p, q) per window slot: " + " ".join(f"{v:.2f}" for v in overlap.tolist()))
     print("  drafts accepted per pass: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    greedy, _, _ = jacobi_run(gen, cond, SamplingOptions(cfg_scale=a.cfg, top_k=1), a.window)
+    print("  residual draw among the top-m of its proposal besides the draft, share of image-passes: " +
+          ", ".join(f"m={m}: {guesses[m] / max(guesses['passes'], 1):.3f}" for m in GUESSES))
+    greedy, _, _, _ = jacobi_run(gen, cond, SamplingOptions(cfg_scale=a.cfg, top_k=1), a.window)
     print(f"jacobi, greedy (top-k 1): {greedy:.2f} tokens per pass")
     for m in a.chains:
         per_pass = parallel_chains(gen, cond[:a.chain_images], options, a.window, m)
