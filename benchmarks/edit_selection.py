@@ -51,6 +51,7 @@ POOLS = {                          # name -> [(draw set, first candidate, last +
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
+    """Each candidate's rank within its image: x [N, K] -> [N, K] int, 0 = the lowest."""
     return x.argsort(1).argsort(1)
 
 
@@ -87,10 +88,14 @@ def candidates_of(s, engine, hole_cfg) -> dict:
 
 
 def pooled(draws: list[dict], spec) -> dict:
+    """The candidates of a pool: draws (candidates_of per draw set), spec [(draw set, first, last + 1)]
+    -> the same keys, candidates concatenated along axis 1."""
     return {key: np.concatenate([draws[d][key][:, a:b] for d, a, b in spec], 1) for key in draws[0]}
 
 
 def judged(s, pool: dict, choice: np.ndarray) -> dict:
+    """The chosen candidate of each image, choice [N] indices into the pool: its verdicts [N] bool,
+    their accuracy, the FID of the chosen images' features and their seam score."""
     from imagelm.eval.fid import fid
     from imagelm.eval.seams import seam_score
     at = np.arange(len(choice))
@@ -101,6 +106,7 @@ def judged(s, pool: dict, choice: np.ndarray) -> dict:
 
 
 def study(work: Path, split: str) -> dict:
+    """Every (pool, rule) against teacher forcing on the six settings of `split` -> the JSON result."""
     from imagelm.sampling.engine import Engine
     settings = []
     for data in DATASETS:
