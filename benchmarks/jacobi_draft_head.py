@@ -82,6 +82,9 @@ class DraftHead(nn.Module):
 
 
 def train_head(head, states, targets, tokens, depth: int, steps: int, batch: int = 512, lr: float = 2e-3):
+    """Train `head` in place on states [N, L, 2 dim], targets p [N, L, V], tokens [N, L]: random
+    (sample, position) pairs, `depth` drafts each, teacher forced, KL(p || q) summed over the depths;
+    AdamW with a cosine schedule, seeded."""
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
     N, L = tokens.shape
