@@ -49,13 +49,18 @@ class Setting:
         return to_uint8(paste_back(decode_canvas(self.tokenizer, tokens, 8, 8), self.originals[:len(tokens)],
                                    self.alpha))
 
+    def classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pass of the classifier over uint8 images [N, 32, 32, 3] (the first N images') -> their
+        features [N, D] (for FID) and verdicts [N] bool (predicted class = the requested one)."""
+        features, logits = self.net(images)
+        return features, logits.argmax(1) == self.requested[:len(images)]
+
     def judge(self, images: np.ndarray) -> dict:
         """(a) per image: the classifier's verdict = the requested class, (b) FID, (c) seam score."""
-        from imagelm.eval.classifier import predict
         from imagelm.eval.fid import fid
         from imagelm.eval.seams import seam_score
-        correct = predict(self.net.net, images) == self.requested[:len(images)]
-        return {"correct": correct, "fid": fid(self.net(images)[0], self.ref_feats),
+        features, correct = self.classify(images)
+        return {"correct": correct, "fid": fid(features, self.ref_feats),
                 "seam": seam_score(images, self.pixel_mask.numpy())}
 
     def draw(self, engine, hole_cfg: float | None = None, K: int = max(CANDIDATES)) -> torch.Tensor:
@@ -74,9 +79,7 @@ class Setting:
 
     def verdicts(self, drawn: torch.Tensor) -> np.ndarray:
         """The classifier's verdict on every candidate: drawn [N, K, 64, 1] -> bool [N, K]."""
-        from imagelm.eval.classifier import predict
-        return np.stack([predict(self.net.net, self.pictures(drawn[:, j].contiguous())) == self.requested
-                         for j in range(drawn.shape[1])], 1)
+        return np.stack([self.classify(self.pictures(drawn[:, j].contiguous()))[1] for j in range(drawn.shape[1])], 1)
 
 
 def load_setting(work: Path, data: str, hole: int = HOLE, split: str = "eval") -> Setting:

@@ -69,7 +69,6 @@ RULES = {
 def candidates_of(s, engine, hole_cfg) -> dict:
     """One draw set, scored and judged per candidate: arrays [N, K] (scores, verdicts), features
     [N, K, D], pictures [N, K, 32, 32, 3]."""
-    from imagelm.eval.classifier import predict
     from imagelm.sampling.editing import candidate_scores, token_log_probs
     drawn = s.draw(engine, None if hole_cfg == CFG else hole_cfg)                       # [N, K, 64, 1]
     N, K = drawn.shape[:2]
@@ -82,8 +81,9 @@ def candidates_of(s, engine, hole_cfg) -> dict:
     out["class-hole"] = ((conditional - null) * ~known_k).sum(1).view(N, K).numpy()
     pictures = np.stack([s.pictures(drawn[:, j].contiguous()) for j in range(K)], 1)    # [N, K, 32, 32, 3]
     out["pictures"] = pictures
-    out["correct"] = np.stack([predict(s.net.net, pictures[:, j]) == s.requested for j in range(K)], 1)
-    out["features"] = np.stack([s.net(pictures[:, j])[0] for j in range(K)], 1)        # [N, K, D]
+    judged = [s.classify(pictures[:, j]) for j in range(K)]
+    out["features"] = np.stack([features for features, _ in judged], 1)                 # [N, K, D]
+    out["correct"] = np.stack([correct for _, correct in judged], 1)                    # [N, K]
     return out
 
 
