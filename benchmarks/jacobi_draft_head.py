@@ -49,18 +49,18 @@ def own_samples(gen, n: int, seed: int, cfg: float):
 def states_and_targets(gen, tokens, cond, cfg: float, batch: int = 256):
     """Teacher forced: the trunk states that predict each token, conditional and null side by side
     [n, L, 2 dim], and each token's guided sampling distribution p [n, L, V]."""
-    L, states, targets = gen.config.seq_len, [], []
-    for s in range(0, len(tokens), batch):
-        t, c = tokens[s:s + batch], cond[s:s + batch]
-        rows, logits = [], []
-        for condition in (c, gen.null_cond(c)):
-            h = torch.cat([gen.embed_condition(condition)[0], gen.embed_tokens(t[:, :-1, None])], 1)
-            T = h.shape[1]
-            state = gen.trunk(h, torch.arange(T))[:, T - L:]                              # [b, L, dim]
-            rows.append(state)
-            logits.append(gen.output(state).float()[:, :, 0])                            # [b, L, V]
-        states.append(torch.cat(rows, -1))
-        targets.append(guide(logits[0], logits[1], torch.tensor(cfg)).softmax(-1))
+    states, targets, seen = [], [], []
+    # The model's own forward; its output head's input is the trunk state of each token's position.
+    hook = gen.output.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    try:
+        for s in range(0, len(tokens), batch):
+            t, c = tokens[s:s + batch, :, None], cond[s:s + batch]
+            logits = [gen(t, condition)[:, :, 0] for condition in (c, gen.null_cond(c))]   # [b, L, V] each
+            states.append(torch.cat(seen, -1))                                             # [b, L, 2 dim]
+            seen.clear()
+            targets.append(guide(logits[0], logits[1], torch.tensor(cfg)).softmax(-1))
+    finally:
+        hook.remove()
     return torch.cat(states), torch.cat(targets)
 
 
