@@ -38,11 +38,9 @@ from imagelm.sampling.logits import SamplingOptions, guide
 
 def own_samples(gen, n: int, seed: int, cfg: float):
     """n plain samples, classes in turn -> (tokens [n, L], class ids [n])."""
-    engine = Engine(gen, rows=2 * n, dtype="float32")
     cond = torch.arange(n) % gen.config.num_classes
-    request = engine.submit(cond, SamplingOptions(cfg_scale=cfg), seed=seed)
-    engine.run()
-    return request.tokens[..., 0], cond
+    tokens = Engine(gen, rows=2 * n, dtype="float32").generate(cond, SamplingOptions(cfg_scale=cfg), seed)
+    return tokens[..., 0], cond
 
 
 @torch.no_grad()
